@@ -1,0 +1,105 @@
+"""One table from exceptions and errno values to failure facts (`timeout`, `connection_reset`...).
+
+A failure fact says what happened on the wire, in words that stay stable across Python versions
+and platforms, so saved runs stay comparable. It is stored with the layer that failed; the
+classifier turns (layer, failure) into a reason code. Nothing else in the code base inspects an
+exception's type or message to decide what happened.
+
+Order of the rules (most specific first): our own marker exceptions, errno values, TLS
+certificate verification, other exception types, then `unknown`.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+
+# The facts. Keep these strings stable: they are written into result files.
+TIMEOUT = "timeout"
+CONNECTION_REFUSED = "connection_refused"
+CONNECTION_RESET = "connection_reset"
+EOF_ = "eof"
+HOST_UNREACHABLE = "host_unreachable"
+NETWORK_UNREACHABLE = "network_unreachable"
+PORT_UNREACHABLE = "port_unreachable"  # ICMP port unreachable on a connected UDP socket
+ADDRESS_UNAVAILABLE = "address_unavailable"  # no route/address of this family on this host
+UNTRUSTED_CERTIFICATE = "untrusted_certificate"
+HOSTNAME_MISMATCH = "hostname_mismatch"
+TLS_ALERT = "tls_alert"
+PROTOCOL_ERROR = "protocol_error"
+NXDOMAIN = "nxdomain"
+NO_ANSWER = "no_answer"
+SERVFAIL = "servfail"
+REFUSED = "refused"
+HTTP_STATUS = "http_status"
+STALL = "stall"
+PEER_CLOSED = "peer_closed"  # QUIC CONNECTION_CLOSE from the peer or a middlebox
+NOT_IMPLEMENTED = "not_implemented"
+UNKNOWN = "unknown"
+
+ERRNO_FACTS: dict[int, str] = {
+    errno.ETIMEDOUT: TIMEOUT,
+    errno.ECONNREFUSED: CONNECTION_REFUSED,
+    errno.ECONNRESET: CONNECTION_RESET,
+    errno.ECONNABORTED: CONNECTION_RESET,
+    errno.EPIPE: CONNECTION_RESET,
+    errno.EHOSTUNREACH: HOST_UNREACHABLE,
+    errno.EHOSTDOWN: HOST_UNREACHABLE,
+    errno.ENETUNREACH: NETWORK_UNREACHABLE,
+    errno.ENETDOWN: NETWORK_UNREACHABLE,
+    errno.EACCES: HOST_UNREACHABLE,  # ICMP administratively prohibited, or a local firewall
+    errno.EPERM: HOST_UNREACHABLE,
+    errno.EADDRNOTAVAIL: ADDRESS_UNAVAILABLE,
+    errno.EAFNOSUPPORT: ADDRESS_UNAVAILABLE,
+    errno.EPROTO: PROTOCOL_ERROR,
+}
+
+
+class Failed(Exception):
+    """Raised inside a layer to record a failure fact directly (no OS error behind it)."""
+
+    def __init__(self, failure: str, message: str = "") -> None:
+        super().__init__(message or failure)
+        self.failure = failure
+        self.message = message or failure
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str]:
+    """(failure fact, message for `detail`) for an exception raised while measuring."""
+    if isinstance(exc, Failed):
+        return exc.failure, exc.message
+    if isinstance(exc, TimeoutError):
+        return TIMEOUT, "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _certificate(exc), exc.verify_message or str(exc)
+    if isinstance(exc, ssl.SSLError):
+        return _ssl(exc), exc.reason or str(exc)
+    if isinstance(exc, OSError) and exc.errno in ERRNO_FACTS:
+        return ERRNO_FACTS[exc.errno], exc.strerror or str(exc)
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return CONNECTION_RESET, str(exc) or "connection reset"
+    if isinstance(exc, ConnectionRefusedError):
+        return CONNECTION_REFUSED, str(exc) or "connection refused"
+    if isinstance(exc, EOFError | ConnectionAbortedError):
+        return EOF_, str(exc) or "connection closed"
+    if isinstance(exc, OSError) and exc.errno is None and "EOF" in type(exc).__name__:
+        return EOF_, str(exc)
+    return UNKNOWN, f"{type(exc).__name__}: {exc}"
+
+
+def _certificate(exc: ssl.SSLCertVerificationError) -> str:
+    # OpenSSL X509_V_ERR_HOSTNAME_MISMATCH = 62, IP mismatch = 64
+    if exc.verify_code in (62, 64):
+        return HOSTNAME_MISMATCH
+    return UNTRUSTED_CERTIFICATE
+
+
+def _ssl(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return EOF_
+    reason = (exc.reason or "").upper()
+    if reason.startswith(("SSLV3_ALERT", "TLSV1_ALERT", "TLSV13_ALERT")) or "ALERT" in reason:
+        return TLS_ALERT
+    if "UNEXPECTED_EOF" in reason:
+        return EOF_
+    return PROTOCOL_ERROR

@@ -1,0 +1,1 @@
+"""Servers that misbehave on purpose, on real sockets: for the tests, `probe mock` and `probe demo`."""

@@ -1,0 +1,125 @@
+"""The result file (`probe.run/1`, CONTRACT.md §3): models, reading and atomic writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from probe.errors import ResultFileError
+from probe.observations import Observation
+
+Status = Literal["ok", "degraded", "blocked", "inconclusive"]
+SCHEMA = "probe.run/1"
+
+
+class TargetResult(BaseModel):
+    """One target's verdict, with the facts it rests on."""
+
+    platform: str | None
+    feature: str | None
+    url: str
+    name: str | None = None
+    status: Status
+    reason: str
+    detail: str = ""
+    phases: dict[str, dict[str, Any]] = {}  # a summary per layer: the representative sample's
+    samples: int = 0
+    ok_samples: int = 0
+    domestic: bool = False  # controls only: a control inside the country
+    observation: Observation = Observation()  # every sample whole, to judge again later
+
+
+class FeatureResult(BaseModel):
+    platform: str
+    feature: str
+    status: Status
+    reason: str
+    detail: str = ""
+    need: str = "all"
+
+
+class PlatformResult(BaseModel):
+    platform: str
+    name: str | None = None
+    status: Status
+    reason: str
+    detail: str = ""
+    features: dict[str, str] = {}  # feature -> "status reason", for the one-line summary
+
+
+class NetworkResult(BaseModel):
+    status: Status
+    reason: str = "ok"
+    detail: str = ""
+    controls: list[TargetResult] = []
+
+
+class CatalogRef(BaseModel):
+    path: str
+    sha256: str
+
+
+class Run(BaseModel):
+    """A whole run: the document written by `-o run.json` and `--format json`."""
+
+    schema_: str = SCHEMA
+    probe_version: str
+    started_at: str
+    finished_at: str
+    catalog: CatalogRef
+    baseline: str | None = None
+    interrupted: bool = False
+    network: NetworkResult
+    targets: list[TargetResult] = []
+    features: list[FeatureResult] = []
+    platforms: list[PlatformResult] = []
+
+    def to_json(self, indent: int | None = 2) -> str:
+        document = self.model_dump(mode="json", by_alias=True)
+        document = {"schema": document.pop("schema_"), **document}
+        return json.dumps(document, indent=indent, ensure_ascii=False)
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a saved run (`.json`, or `.jsonl` of target lines); raises ResultFileError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResultFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".jsonl":
+            targets = [TargetResult.model_validate_json(line) for line in text.splitlines() if line]
+            return Run(
+                probe_version="?", started_at="", finished_at="",
+                catalog=CatalogRef(path=str(path), sha256=""),
+                network=NetworkResult(status="ok"), targets=targets,
+            )
+        document = json.loads(text)
+        if document.get("schema") != SCHEMA:
+            raise ResultFileError(f"{path}: not a {SCHEMA} document")
+        document["schema_"] = document.pop("schema")
+        return Run.model_validate(document)
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ResultFileError(f"{path}: not a valid result file: {first}") from None
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a file whole or not at all: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
