@@ -1,0 +1,242 @@
+"""The `probe` command line: parse, call, render. No network code here.
+
+Heavy modules (pydantic models, httpx, aioquic) are imported inside commands, so `probe --help`
+starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from probe.catalog import LoadedCatalog
+    from probe.results import Run
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Which messaging platforms work from this network, and how they are blocked.",
+)
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+EXIT_SIGNAL = {2: 130, 15: 143}  # SIGINT, SIGTERM
+
+CatalogOpt = Annotated[
+    Optional[Path],
+    typer.Option("--catalog", "-c", help="Catalog file (default ./probes.yaml, else the shipped one)."),
+]
+FormatOpt = Annotated[
+    str, typer.Option("--format", "-f", help="table | json | jsonl | csv | markdown")
+]
+ProfileOpt = Annotated[
+    Optional[str], typer.Option("--profile", help="Country profile overlay: ru | cn | ir | ae.")
+]
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print an error for the user (no traceback) and exit."""
+    sys.stderr.write(f"probe: {message}\n")
+    raise typer.Exit(code)
+
+
+def load_catalog(path: Path | None, profile: str | None = None) -> LoadedCatalog:
+    from probe import catalog
+    from probe.errors import CatalogError
+
+    try:
+        default = getattr(catalog, "default_catalog_path", None)
+        chosen = path or (default() if default else Path("probes.yaml"))
+        loaded = catalog.load(chosen)
+        if profile:
+            apply_profile = getattr(catalog, "apply_profile", None)
+            if apply_profile is None:
+                fail("profiles are not available in this build")
+            loaded = apply_profile(loaded, profile)
+        return loaded
+    except CatalogError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def check_format(fmt: str) -> str:
+    from probe.report import FORMATS
+
+    if fmt not in FORMATS:
+        fail(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    return fmt
+
+
+def read_run_or_fail(path: Path) -> Run:
+    from probe.errors import ResultFileError
+    from probe.results import read_run
+
+    try:
+        return read_run(path)
+    except ResultFileError as exc:
+        fail(str(exc))
+
+
+def exit_code(run: Run, fail_on: str = "degraded") -> int:
+    """0 all ok; 1 degraded or blocked (per --fail-on); 3 the network itself is down."""
+    if run.network.status == "inconclusive":
+        return EXIT_INCONCLUSIVE
+    statuses = {t.status for t in run.targets} | {f.status for f in run.features}
+    bad = {"blocked"} if fail_on == "blocked" else {"blocked", "degraded"}
+    if fail_on != "never" and statuses & bad:
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+@app.command()
+def run(
+    catalog: CatalogOpt = None,
+    baseline: Annotated[
+        Optional[Path], typer.Option("--baseline", "-b", help="A saved run to compare against.")
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Also write results: .json whole, .jsonl as they come."),
+    ] = None,
+    fmt: FormatOpt = "table",
+    only: Annotated[
+        Optional[str], typer.Option("--only", help="Comma-separated platform ids to test.")
+    ] = None,
+    profile: ProfileOpt = None,
+    timeout: Annotated[Optional[str], typer.Option(help="Per-operation timeout, e.g. 3s.")] = None,
+    attempts: Annotated[Optional[int], typer.Option(help="Samples per target.", min=1)] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Targets in flight.", min=1)] = None,
+    fail_on: Annotated[
+        str, typer.Option("--fail-on", help="Exit 1 on: degraded (default) | blocked | never.")
+    ] = "degraded",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o file.")] = False,
+    include_ip: Annotated[
+        bool, typer.Option("--include-ip", help="Keep addresses that could identify you.")
+    ] = False,
+) -> None:
+    """Measure every target of the catalog, judge it, and report."""
+    from probe import session
+
+    check_format(fmt)
+    if fail_on not in ("degraded", "blocked", "never"):
+        fail(f"--fail-on takes degraded, blocked or never, not {fail_on!r}")
+    loaded = load_catalog(catalog, profile)
+    loaded = session.override_settings(loaded, timeout=timeout, attempts=attempts,
+                                       concurrency=concurrency, fail=fail)
+    base = read_run_or_fail(baseline) if baseline else None
+    if output is not None and output.exists() and not force:
+        fail(f"{output} exists; pass --force to overwrite it")
+    only_ids = {p.strip() for p in only.split(",") if p.strip()} if only else None
+    if only_ids:
+        unknown = only_ids - set(loaded.catalog.platforms)
+        if unknown:
+            fail(f"--only: no platform {', '.join(sorted(unknown))} in {loaded.path}")
+    result, signum = session.run_once(
+        loaded, only=only_ids, baseline=base, baseline_path=str(baseline) if baseline else None,
+        output=output, include_ip=include_ip,
+    )
+    sys.stdout.write(render_for_terminal(result, fmt, base))
+    if signum:
+        raise typer.Exit(EXIT_SIGNAL.get(signum, 130))
+    raise typer.Exit(exit_code(result, fail_on))
+
+
+def render_for_terminal(result: Run, fmt: str, baseline: Run | None) -> str:
+    from probe.report import render
+
+    if fmt == "table" and sys.stdout.isatty():
+        from probe.report import text
+
+        return text.table(result, baseline, width=max(80, typer.get_terminal_size()[0]))
+    return render(result, fmt, baseline)
+
+
+@app.command()
+def report(
+    files: Annotated[list[Path], typer.Argument(help="Saved runs (.json or .jsonl).")],
+    baseline: Annotated[
+        Optional[Path], typer.Option("--baseline", "-b", help="Judge again against this run.")
+    ] = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Render saved runs again, in any format (with -b: re-judged against another baseline)."""
+    from probe import classify
+
+    check_format(fmt)
+    base = read_run_or_fail(baseline) if baseline else None
+    for path in files:
+        saved = read_run_or_fail(path)
+        if base is not None:
+            rejudge = getattr(classify, "rejudge", None)
+            if rejudge is None:
+                fail("re-judging against a baseline is not available in this build")
+            saved = rejudge(saved, base, baseline_path=str(baseline))
+        sys.stdout.write(render_for_terminal(saved, fmt, base))
+
+
+@app.command()
+def compare(
+    before: Annotated[Path, typer.Argument(help="The earlier run.")],
+    after: Annotated[Path, typer.Argument(help="The later run.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+) -> None:
+    """What changed between two saved runs, target by target."""
+    from probe import compare as comparing
+
+    if fmt not in ("table", "json"):
+        fail("compare --format takes table or json")
+    sys.stdout.write(comparing.render(read_run_or_fail(before), read_run_or_fail(after), fmt))
+
+
+@app.command()
+def validate(
+    file: Annotated[Optional[Path], typer.Argument(help="Catalog file.")] = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Check a catalog; print what it would test."""
+    loaded = load_catalog(file, profile)
+    jobs = list(loaded.jobs())
+    controls = sum(1 for j in jobs if j.is_control)
+    platforms = loaded.catalog.platforms
+    features = sum(len(p.features) for p in platforms.values())
+    sys.stdout.write(
+        f"{loaded.path}: ok — {len(platforms)} platforms, {features} features, "
+        f"{len(jobs) - controls} targets, {controls} controls\n"
+    )
+
+
+@app.command()
+def targets(
+    catalog: CatalogOpt = None,
+    profile: ProfileOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="tree | json")] = "tree",
+) -> None:
+    """List platforms, features and targets, with the source of each endpoint."""
+    from probe import targets_view
+
+    if fmt not in ("tree", "json"):
+        fail("targets --format takes tree or json")
+    sys.stdout.write(targets_view.render_targets(load_catalog(catalog, profile), fmt))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the catalog, for editors."""
+    import json
+
+    from probe import catalog
+
+    sys.stdout.write(json.dumps(catalog.json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

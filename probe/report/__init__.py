@@ -1,0 +1,70 @@
+"""Rendering runs for people and scripts: table, json, jsonl, csv and markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+
+from probe.results import Run, TargetResult
+
+FORMATS = ("table", "json", "jsonl", "csv", "markdown")
+
+CSV_COLUMNS = (
+    "platform", "feature", "url", "name", "status", "reason", "samples", "ok_samples", "detail",
+)
+
+
+def jsonl_line(target: TargetResult) -> str:
+    """One target as one JSON line (no newline), as in `-o run.jsonl`."""
+    return target.model_dump_json()
+
+
+def render_json(run: Run, baseline: Run | None = None) -> str:
+    return run.to_json() + "\n"
+
+
+def render_jsonl(run: Run, baseline: Run | None = None) -> str:
+    return "".join(jsonl_line(t) + "\n" for t in run.targets)
+
+
+def render_csv(run: Run, baseline: Run | None = None) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for t in run.network.controls:
+        writer.writerow({**t.model_dump(include=set(CSV_COLUMNS)), "platform": "(control)"})
+    for t in run.targets:
+        writer.writerow(t.model_dump(include=set(CSV_COLUMNS)))
+    return out.getvalue()
+
+
+def render_markdown(run: Run, baseline: Run | None = None) -> str:
+    from probe.report.text import markdown
+
+    return markdown(run, baseline)
+
+
+def render_table(run: Run, baseline: Run | None = None) -> str:
+    from probe.report.text import table
+
+    return table(run, baseline)
+
+
+RENDERERS: dict[str, Callable[[Run, Run | None], str]] = {
+    "table": render_table,
+    "json": render_json,
+    "jsonl": render_jsonl,
+    "csv": render_csv,
+    "markdown": render_markdown,
+}
+
+
+def render(run: Run, fmt: str, baseline: Run | None = None) -> str:
+    """A run in one of FORMATS; `baseline` adds the side-by-side comparison where it fits."""
+    return RENDERERS[fmt](run, baseline)
+
+
+def dumps_compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
