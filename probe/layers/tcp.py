@@ -1,0 +1,105 @@
+"""The tcp layer: connect to a target's address and port (`tcp://`, and under tls and https).
+
+A connect is bounded by `job.timeout`. The phase records wall time, and the kernel's own RTT
+estimate from TCP_INFO where the platform has it: wall time around connect() is inflated by the
+event loop and by queues that earlier attempts left behind, the kernel's smoothed RTT is not
+(CENSORSHIP.md, "tcp"). The remote address and port are recorded; the local address never is.
+A failed or finished-with attempt is aborted with RST (SO_LINGER 0), so that no half-closed
+state lingers in a censor's flow table to spoil the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+from probe.catalog import Job
+from probe.failures import TIMEOUT, Failed, classify_exception
+from probe.layers import Context
+from probe.layers.dns import resolve
+from probe.observations import Phase, Sample
+
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32s; tcpi_rtt is the 16th u32, in µs.
+_TCPI_RTT_OFFSET = 8 + 15 * 4
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def elapsed_ms(start: float) -> float:
+    """Milliseconds since `start` (a time.perf_counter() value), rounded for the result file."""
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def kernel_rtt_ms(sock: socket.socket) -> float | None:
+    """The kernel's smoothed RTT for a connected socket, or None where TCP_INFO is missing."""
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 128)
+    except OSError:
+        return None
+    if len(info) < _TCPI_RTT_OFFSET + 4:
+        return None
+    (rtt_us,) = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)
+    return round(rtt_us / 1000, 3)
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with RST instead of FIN (SO_LINGER on, zero seconds)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+async def connect(
+    job: Job, ctx: Context, sample: Sample, address: str, port: int
+) -> socket.socket | None:
+    """A connected non-blocking socket, recording a `tcp` phase; None when the connect failed."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    start = time.perf_counter()
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:  # e.g. no IPv6 on this host
+        failure, message = classify_exception(exc)
+        sample.add("tcp", Phase(ok=False, ms=0.0, failure=failure, error=message, port=port))
+        return None
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        try:
+            async with asyncio.timeout(job.timeout):
+                await loop.sock_connect(sock, (address, port))
+        except TimeoutError:
+            raise Failed(TIMEOUT, f"no answer to SYN within {job.timeout:g} s") from None
+    except (OSError, Failed) as exc:  # refused, unreachable, reset, timed out
+        abort(sock)
+        failure, message = classify_exception(exc)
+        sample.add("tcp", Phase(ok=False, ms=elapsed_ms(start), failure=failure, error=message,
+                                address=address, port=port))
+        return None
+    except BaseException:  # cancelled: leave nothing half-open behind
+        abort(sock)
+        raise
+    sample.add("tcp", Phase(ok=True, ms=elapsed_ms(start), rtt_ms=kernel_rtt_ms(sock),
+                            address=address, port=port))
+    return sock
+
+
+def target_port(job: Job) -> int:
+    port = job.endpoint.port
+    assert port is not None, "the catalog gives every tcp/tls/https target a port"
+    return port
+
+
+async def measure(job: Job, ctx: Context) -> Sample:
+    sample = Sample()
+    address = await resolve(job, ctx, sample)
+    if address is None:
+        return sample
+    sock = await connect(job, ctx, sample, address, target_port(job))
+    if sock is not None:
+        abort(sock)  # a connect is all tcp:// asks; RST leaves no state behind on either side
+    return sample
