@@ -34,6 +34,7 @@ REFUSED = "refused"
 HTTP_STATUS = "http_status"
 STALL = "stall"
 PEER_CLOSED = "peer_closed"  # QUIC CONNECTION_CLOSE from the peer or a middlebox
+ALPN_REFUSED = "alpn_refused"  # QUIC: the peer closed with no_application_protocol (0x178)
 NOT_IMPLEMENTED = "not_implemented"
 UNKNOWN = "unknown"
 
@@ -102,4 +103,38 @@ def _ssl(exc: ssl.SSLError) -> str:
         return TLS_ALERT
     if "UNEXPECTED_EOF" in reason:
         return EOF_
+    return PROTOCOL_ERROR
+
+
+def classify_udp_error(exc: BaseException) -> tuple[str, str]:
+    """Like classify_exception, for a connected UDP socket, where Linux reports an ICMP port
+    unreachable as ECONNREFUSED on the next send or receive."""
+    if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+        return PORT_UNREACHABLE, "ICMP port unreachable"
+    return classify_exception(exc)
+
+
+# RFC 9001 section 4.8: a TLS alert travels as QUIC error 0x100 + the alert number.
+QUIC_CRYPTO_ERROR = 0x100
+_CERTIFICATE_ALERTS = {42, 43, 44, 45, 46, 48}  # bad/unsupported/revoked/expired/unknown/unknown_ca
+_NO_APPLICATION_PROTOCOL = 120
+
+
+def quic_close_fact(error_code: int, reason_phrase: str, *, by_peer: bool) -> str:
+    """The failure fact of a QUIC handshake that ended in CONNECTION_CLOSE.
+
+    `by_peer`: the server (or a middlebox) sent it; otherwise our own QUIC stack closed, as
+    aioquic does when the server's certificate fails verification.
+    """
+    alert = error_code - QUIC_CRYPTO_ERROR if 0 <= error_code - QUIC_CRYPTO_ERROR < 256 else None
+    if by_peer:
+        return ALPN_REFUSED if alert == _NO_APPLICATION_PROTOCOL else PEER_CLOSED
+    if alert in _CERTIFICATE_ALERTS:
+        # aioquic checks the name before the chain and words a mismatch "hostname 'a' doesn't
+        # match 'b'", or names the missing subjectAltName; anything else is the chain.
+        if "doesn't match" in reason_phrase or "subjectAltName" in reason_phrase:
+            return HOSTNAME_MISMATCH
+        return UNTRUSTED_CERTIFICATE
+    if alert is not None:
+        return TLS_ALERT
     return PROTOCOL_ERROR
