@@ -234,6 +234,51 @@ def schema() -> None:
     sys.stdout.write(json.dumps(catalog.json_schema(), indent=2) + "\n")
 
 
+@app.command()
+def demo(
+    fmt: FormatOpt = "table",
+    keep: Annotated[
+        Optional[Path], typer.Option("--keep", help="Keep the catalog and both runs in this folder.")
+    ] = None,
+) -> None:
+    """A censorship demo on loopback: a mock world measured honest, then censored."""
+    from probe import demo as demo_module
+
+    check_format(fmt)
+    raise typer.Exit(demo_module.main(fmt, keep))
+
+
+@app.command()
+def mock(
+    scenario: Annotated[Path, typer.Option("--scenario", "-s", help="The scenario file.")],
+    listen: Annotated[
+        Optional[str], typer.Option("--listen", help="Address to serve on (default: the file's).")
+    ] = None,
+    catalog_out: Annotated[
+        Optional[Path],
+        typer.Option("--catalog-out", help="Write the generated catalog here (default stdout)."),
+    ] = None,
+    folder: Annotated[
+        Optional[Path], typer.Option("--dir", help="Folder for the test CA (default temporary).")
+    ] = None,
+) -> None:
+    """Serve misbehaving endpoints and print the catalog that probes them, until stopped."""
+    from probe.errors import CatalogError
+    from probe.mock import world as mock_world
+
+    try:
+        chosen = mock_world.load_scenario(scenario)
+    except CatalogError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        raise typer.Exit(EXIT_USAGE) from None
+    except OSError as exc:
+        fail(f"{scenario}: cannot read: {exc.strerror or exc}")
+    if listen:
+        chosen = chosen.model_copy(update={"listen": listen})
+    raise typer.Exit(mock_world.serve_forever(chosen, catalog_out, folder))
+
+
 def main() -> None:
     app()
 

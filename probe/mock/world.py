@@ -9,6 +9,7 @@ targets carry `address:` and skip DNS.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import tempfile
 from pathlib import Path
@@ -184,3 +185,35 @@ class World:
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def serve_forever(scenario: Scenario, catalog_out: Path | None, folder: Path | None) -> int:
+    """Start the world, publish its catalog, serve until SIGINT/SIGTERM; returns an exit code."""
+    import signal
+    import sys
+
+    from probe.results import write_atomic
+
+    async def main() -> None:
+        world = World(scenario, folder)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await world.start()
+            text = world.catalog_yaml()
+            if catalog_out is None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            else:
+                write_atomic(catalog_out, text)
+            sys.stderr.write(f"probe mock: {len(world.servers)} endpoints on {scenario.listen}; "
+                             "Ctrl-C to stop\n")
+            await stop.wait()
+        finally:
+            await world.stop()
+            world.close()
+
+    asyncio.run(main())
+    return 0

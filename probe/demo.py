@@ -1,0 +1,126 @@
+"""`probe demo`: a mock world on loopback, measured honest first, then censored.
+
+Four fictional platforms with messaging, media, calls and web features run on 127.0.0.1. The
+first run records a baseline with every behaviour "ok"; then the servers switch to what censors
+do (an SNI-keyed reset, silent UDP, a throttled download, a stalled one, a lying resolver, a
+block page) and the second run is judged against the baseline. No internet, no root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from probe.mock.world import Endpoint, Scenario, World
+
+PLATFORMS = {"chatter": "Chatter", "telegrab": "Telegrab", "signum": "Signum", "voxa": "Voxa"}
+
+
+def _e(kind: str, name: str, platform: str | None, feature: str | None, **kw: object) -> Endpoint:
+    return Endpoint(kind=kind, name=name, platform=platform, feature=feature, **kw)  # type: ignore[arg-type]
+
+
+# (endpoint, behaviour once censored); None keeps it honest.
+WORLD: list[tuple[Endpoint, str | None]] = [
+    (_e("dns", "resolver.demo.test", None, None), None),
+    (_e("doh", "doh.demo.test", None, None), None),
+    (_e("https", "control.demo.test", None, None, control=True), None),
+    # Chatter: text works, calls are cut (silent UDP), media is throttled.
+    (_e("tcp", "chat.chatter.test", "chatter", "messaging"), None),
+    (_e("https", "media.chatter.test", "chatter", "media", path="/1mib",
+        options={"rate": 256_000}), "throttle"),
+    (_e("stun", "stun.chatter.test", "chatter", "calls"), "silent"),
+    (_e("https", "web.chatter.test", "chatter", "web"), None),
+    # Telegrab: its name is reset by SNI; its media freezes after 16 KB; calls lossy.
+    (_e("tls", "dc.telegrab.test", "telegrab", "messaging"), "reset_sni"),
+    (_e("https", "cdn.telegrab.test", "telegrab", "media", path="/1mib"), "stall"),
+    (_e("stun", "relay.telegrab.test", "telegrab", "calls", options={"loss": 0.5, "seed": 7},
+        target={"attempts": 20}), "lossy"),
+    # Signum: the resolver lies about its web name; the rest works.
+    (_e("https", "www.signum.test", "signum", "web"), None),
+    (_e("turn", "turn.signum.test", "signum", "calls"), None),
+    (_e("quic", "chat.signum.test", "signum", "messaging"), None),
+    # Voxa: a block page on the web, QUIC cut while TLS works.
+    (_e("https", "www.voxa.test", "voxa", "web"), "forbidden"),
+    (_e("tls", "app.voxa.test", "voxa", "messaging"), None),
+    (_e("quic", "app.voxa.test", "voxa", "calls"), "silent"),
+]
+LYING_RESOLVER = {"www.signum.test": ["127.0.0.66"]}  # nothing listens there
+
+
+def scenario() -> Scenario:
+    return Scenario(
+        settings={"timeout": "1s", "attempts": 2, "concurrency": 64},
+        names=PLATFORMS,
+        endpoints=[endpoint for endpoint, _ in WORLD],
+    )
+
+
+def censor(world: World) -> None:
+    """Switch the world's servers to what a censor would make of them."""
+    for index, (_, behaviour) in enumerate(WORLD):
+        if behaviour is not None:
+            world.set_behaviour(index, behaviour)
+    resolver = world.servers[0]
+    resolver.records.update(LYING_RESOLVER)
+
+
+async def _start(world: World) -> None:
+    await world.start()
+
+
+def main(fmt: str = "table", keep: Path | None = None) -> int:
+    """Run the demo; returns the exit code of the censored run."""
+    from probe import catalog
+    from probe.cli import render_for_terminal
+    from probe.session import run_once
+
+    t0 = time.perf_counter()
+    world = World(scenario(), folder=keep)
+    loop = asyncio.new_event_loop()
+    try:
+        import threading
+
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(_start(world))
+            ready.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, name="probe-demo-world", daemon=True)
+        thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the mock world did not start")
+        path = world.folder / "demo-catalog.yaml"
+        path.write_text(world.catalog_yaml(), encoding="utf-8")
+        loaded = catalog.load(path)
+        say = sys.stderr.write
+        say(f"probe demo: {len(world.servers)} mock servers on 127.0.0.1; "
+            f"catalog {path}\n")
+        say("probe demo: 1/2 recording a baseline with every server honest…\n")
+        baseline, _ = run_once(loaded, output=world.folder / "baseline.json", quiet=True)
+        loop.call_soon_threadsafe(censor, world)
+        time.sleep(0.05)
+        say("probe demo: 2/2 the same world, censored (SNI reset, silent UDP, throttling, "
+            "a stall, a lying resolver, a block page, QUIC dropped)…\n\n")
+        result, _ = run_once(loaded, baseline=baseline,
+                             baseline_path=str(world.folder / "baseline.json"),
+                             output=world.folder / "censored.json", quiet=True)
+        sys.stdout.write(render_for_terminal(result, fmt, baseline))
+        say(f"\nprobe demo: done in {time.perf_counter() - t0:.1f} s. "
+            "Baseline and censored runs: "
+            f"{world.folder if keep else 'pass --keep DIR to keep them'}\n")
+        # The demo worked when it showed the censorship; its exit code says the demo ran.
+        return 0
+    finally:
+        async def shutdown() -> None:
+            await world.stop()
+
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+        world.close()
