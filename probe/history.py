@@ -1,0 +1,569 @@
+"""The history store: every run appended to one SQLite file, queried as a timeline or a table.
+
+Strategy: one row per run in `runs` (its document minus targets and controls), one row per
+target (controls too) in `results` with the whole TargetResult JSON beside a few columns pulled
+out for queries, and one row per feature in `features`. A run is written in ONE transaction, so a
+process killed mid-write leaves the run whole or absent, never half. WAL mode lets readers work
+while a watcher writes; concurrent writers queue on SQLite's lock (`busy_timeout`) and give up
+with a clear HistoryError rather than corrupt anything. A saved run can be rebuilt whole from
+the rows (`load_run`), so nothing measured is lost by keeping history instead of JSON files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import statistics
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from probe.errors import ProbeError
+from probe.results import Run, TargetResult
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another writer before giving up
+CONTROL = "(control)"  # the platform column of a control, as in the CSV report
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id              INTEGER PRIMARY KEY,
+    started_at      TEXT NOT NULL,
+    started_ts      REAL,           -- seconds since the epoch, for --since
+    finished_at     TEXT NOT NULL,
+    catalog_path    TEXT NOT NULL,
+    catalog_sha256  TEXT NOT NULL,
+    probe_version   TEXT NOT NULL,
+    baseline        TEXT,
+    interrupted     INTEGER NOT NULL,
+    network_status  TEXT NOT NULL,
+    network_reason  TEXT NOT NULL,
+    targets         INTEGER NOT NULL,
+    ok              INTEGER NOT NULL,
+    degraded        INTEGER NOT NULL,
+    blocked         INTEGER NOT NULL,
+    inconclusive    INTEGER NOT NULL,
+    document        TEXT NOT NULL   -- the run without targets and controls (they are rows below)
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id          INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    position        INTEGER NOT NULL,   -- order in the run: controls first, then catalog order
+    control         INTEGER NOT NULL,
+    platform        TEXT,
+    feature         TEXT,
+    url             TEXT NOT NULL,
+    name            TEXT,
+    status          TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    rtt_ms          REAL,
+    throughput_bps  REAL,
+    loss            REAL,
+    document        TEXT NOT NULL,      -- the whole TargetResult
+    PRIMARY KEY (run_id, position)
+);
+CREATE INDEX IF NOT EXISTS results_target ON results (platform, feature, url);
+CREATE TABLE IF NOT EXISTS features (
+    run_id          INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    platform        TEXT NOT NULL,
+    feature         TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    PRIMARY KEY (run_id, platform, feature)
+);
+"""
+
+
+class HistoryError(ProbeError):
+    """A history database that cannot be opened, read or written."""
+
+
+# --- where ---------------------------------------------------------------------------------
+
+
+def default_db_path() -> Path:
+    """The per-user history file: XDG data dir on Linux, Application Support, LOCALAPPDATA."""
+    if sys.platform == "win32":
+        root = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        root = Path.home() / "Library" / "Application Support"
+    else:
+        root = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return root / "probe" / "history.sqlite"
+
+
+# --- what a target measured ----------------------------------------------------------------
+
+# Which phase stands for the round trip, best first: a TCP connect is one RTT; a QUIC handshake
+# about one; a STUN exchange one per request; a DNS answer only says how far the resolver is.
+RTT_LAYERS = ("tcp", "quic", "stun", "turn", "dns")
+LOSS_LAYERS = ("stun", "turn")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _phase_rtt(phase: Any) -> float | None:
+    # a layer may record the RTT itself (`rtt_ms`, one number or one per request); else `ms`
+    rtt = phase.get("rtt_ms")
+    if isinstance(rtt, list):
+        return _median(_number(v) for v in rtt)
+    return _number(rtt) if _number(rtt) is not None else phase.ms
+
+
+def _phase_throughput(phase: Any) -> float | None:
+    rate = _number(phase.get("throughput_bps"))
+    if rate is not None:
+        return rate
+    size, ms = _number(phase.get("bytes")), _number(phase.ms)
+    return size * 8 / (ms / 1000) if size and ms else None
+
+
+def metrics_of(target: TargetResult) -> tuple[float | None, float | None, float | None]:
+    """(RTT median ms, throughput median bit/s, loss fraction) from a target's samples.
+
+    Only working phases count towards RTT and throughput (a timeout's duration is not a round
+    trip). Loss is lost/sent summed over the STUN/TURN exchanges. Any fact missing gives None.
+    """
+    rtts: list[float | None] = []
+    rates: list[float | None] = []
+    lost = sent = 0.0
+    for sample in target.observation.samples:
+        phases = sample.phases
+        layer = next((name for name in RTT_LAYERS if name in phases and phases[name].ok), None)
+        if layer is not None:
+            rtts.append(_phase_rtt(phases[layer]))
+        http = phases.get("http")
+        if http is not None and http.ok:
+            rates.append(_phase_throughput(http))
+        for name in LOSS_LAYERS:
+            phase = phases.get(name)
+            s = _number(phase.get("sent")) if phase is not None else None
+            if phase is None or not s:
+                continue
+            lo = _number(phase.get("lost"))
+            if lo is None:
+                received = _number(phase.get("received"))
+                if received is None:
+                    continue
+                lo = s - received
+            sent += s
+            lost += lo
+    loss = lost / sent if sent else None
+    return _median(rtts), _median(rates), loss
+
+
+# --- opening -------------------------------------------------------------------------------
+
+
+def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open (and if asked create) a history database, checking its schema version."""
+    path = Path(path)
+    if not create and not path.exists():
+        raise HistoryError(f"{path}: no history yet (record a run with --db or probe watch)")
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise HistoryError(f"{path}: cannot open history: {exc}") from None
+    try:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":  # e.g. a network file system: still safe, only less concurrent
+            db.execute("PRAGMA journal_mode = DELETE")
+        db.execute("PRAGMA synchronous = FULL")  # a committed run survives a power cut too
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise HistoryError(f"{path}: not a usable history database: {exc}") from None
+    return db
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    with _write(db, path):
+        # statement by statement: executescript() would commit the transaction first
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = row[0]
+        if version is None:
+            db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif version > SCHEMA_VERSION:
+            raise HistoryError(
+                f"{path}: history written by a newer probe (schema {version}); upgrade probe")
+
+
+@contextmanager
+def _write(db: sqlite3.Connection, path: str | Path) -> Iterator[None]:
+    """One write transaction, taking the write lock up front (no upgrade deadlocks)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise HistoryError(
+                f"{path}: history is busy: another probe has been writing for over "
+                f"{BUSY_TIMEOUT_MS // 1000} s; try again") from None
+        raise HistoryError(f"{path}: cannot write history: {exc}") from None
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _epoch(iso: str) -> float | None:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def record(db: sqlite3.Connection, run: Run, path: str | Path = "history") -> int:
+    """Append a whole run in one transaction; returns its id."""
+    document = json.loads(run.to_json(indent=None))
+    controls = run.network.controls
+    document["targets"] = []
+    document["network"]["controls"] = []
+    counts = {s: sum(1 for t in run.targets if t.status == s)
+              for s in ("ok", "degraded", "blocked", "inconclusive")}
+    with _write(db, path):
+        cursor = db.execute(
+            "INSERT INTO runs (started_at, started_ts, finished_at, catalog_path, catalog_sha256,"
+            " probe_version, baseline, interrupted, network_status, network_reason, targets,"
+            " ok, degraded, blocked, inconclusive, document)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run.started_at, _epoch(run.started_at), run.finished_at, run.catalog.path,
+             run.catalog.sha256, run.probe_version, run.baseline, int(run.interrupted),
+             run.network.status, run.network.reason, len(run.targets), counts["ok"],
+             counts["degraded"], counts["blocked"], counts["inconclusive"],
+             json.dumps(document, separators=(",", ":"), ensure_ascii=False)),
+        )
+        run_id = cursor.lastrowid
+        assert run_id is not None
+        rows = []
+        for position, (control, target) in enumerate(
+                [(True, c) for c in controls] + [(False, t) for t in run.targets]):
+            rtt, rate, loss = metrics_of(target)
+            rows.append((run_id, position, int(control), target.platform, target.feature,
+                         target.url, target.name, target.status, target.reason, rtt, rate, loss,
+                         target.model_dump_json()))
+        db.executemany("INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        db.executemany("INSERT INTO features VALUES (?,?,?,?,?)",
+                       [(run_id, f.platform, f.feature, f.status, f.reason)
+                        for f in run.features])
+    return run_id
+
+
+def record_to(path: str | Path, run: Run) -> int:
+    """Open, append one run, close: what a repeating command does after each run."""
+    db = connect(path)
+    try:
+        return record(db, run, path)
+    finally:
+        db.close()
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One target in one run: the row of `probe history --format csv|jsonl`."""
+
+    run_id: int
+    started_at: str
+    platform: str
+    feature: str
+    url: str
+    name: str
+    status: str
+    reason: str
+    rtt_ms: float | None
+    throughput_bps: float | None
+    loss: float | None
+
+
+COLUMNS = tuple(f.name for f in fields(HistoryRow))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    started_at: str
+    interrupted: bool
+    network_status: str
+
+
+@dataclass
+class History:
+    """What a query found: the runs (oldest first), target rows and feature verdicts."""
+
+    runs: list[RunInfo]
+    rows: list[HistoryRow]
+    features: dict[tuple[str, str], dict[int, tuple[str, str]]]  # (p, f) -> run -> (status, reason)
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """'24h', '7d', '30m', '90s' before now, or an ISO date/time -> seconds since the epoch."""
+    now = datetime.now(UTC).timestamp() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip()
+    if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
+        return now - float(value[:-1]) * units[value[-1]]
+    stamp = _epoch(value if "T" in value or "+" in value or value.endswith("Z")
+                   else value + "T00:00:00+00:00")
+    if stamp is None:
+        raise HistoryError(f"--since: expected e.g. 24h, 7d or 2026-11-23T06:00Z, got {text!r}")
+    return stamp
+
+
+def query(
+    db: sqlite3.Connection,
+    *,
+    platform: str | None = None,
+    feature: str | None = None,
+    since: float | None = None,
+    last: int | None = None,
+) -> History:
+    """Rows of the runs since a time (or the last N runs), filtered by platform and feature."""
+    where, args = [], []
+    if since is not None:
+        where.append("started_ts >= ?")
+        args.append(since)
+    sql = "SELECT id, started_at, interrupted, network_status FROM runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY started_ts, id"
+    runs = [RunInfo(r[0], r[1], bool(r[2]), r[3]) for r in db.execute(sql, args)]
+    if last is not None:
+        runs = runs[-last:] if last > 0 else []
+    if not runs:
+        return History([], [], {})
+    ids = {r.id for r in runs}
+    first = min(ids)
+    filters, fargs = ["run_id >= ?"], [first]
+    if platform is not None:
+        filters.append("coalesce(platform, ?) = ?")
+        fargs += [CONTROL, platform]
+    if feature is not None:
+        filters.append("feature = ?")
+        fargs.append(feature)
+    rows = []
+    order = {r.id: i for i, r in enumerate(runs)}
+    for r in db.execute(
+            "SELECT run_id, control, platform, feature, url, name, status, reason, rtt_ms,"
+            " throughput_bps, loss FROM results WHERE " + " AND ".join(filters)
+            + " ORDER BY run_id, position", fargs):
+        if r[0] not in ids:
+            continue
+        rows.append(HistoryRow(
+            run_id=r[0], started_at=runs[order[r[0]]].started_at,
+            platform=CONTROL if r[1] else (r[2] or ""), feature=r[3] or "", url=r[4],
+            name=r[5] or "", status=r[6], reason=r[7], rtt_ms=r[8], throughput_bps=r[9],
+            loss=r[10]))
+    rows.sort(key=lambda row: order[row.run_id])
+    features: dict[tuple[str, str], dict[int, tuple[str, str]]] = {}
+    for run_id, p, f, status, reason in db.execute(
+            "SELECT run_id, platform, feature, status, reason FROM features WHERE run_id >= ?",
+            (first,)):
+        if run_id in ids and platform in (None, p) and feature in (None, f):
+            features.setdefault((p, f), {})[run_id] = (status, reason)
+    return History(runs, rows, features)
+
+
+def load_run(db: sqlite3.Connection, run_id: int) -> Run:
+    """Rebuild a recorded run whole, as `probe run -o run.json` would have written it."""
+    row = db.execute("SELECT document FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise HistoryError(f"no run {run_id} in history")
+    document = json.loads(row[0])
+    document["schema_"] = document.pop("schema")
+    run = Run.model_validate(document)
+    for control, text in db.execute(
+            "SELECT control, document FROM results WHERE run_id = ? ORDER BY position",
+            (run_id,)):
+        target = TargetResult.model_validate_json(text)
+        (run.network.controls if control else run.targets).append(target)
+    return run
+
+
+def run_ids(db: sqlite3.Connection) -> list[int]:
+    return [r[0] for r in db.execute("SELECT id FROM runs ORDER BY id")]
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def to_csv(rows: Sequence[HistoryRow]) -> str:
+    """One line per target per run; empty cells for facts not measured (pandas reads NaN)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in asdict(row).items()})
+    return out.getvalue()
+
+
+def to_jsonl(rows: Sequence[HistoryRow]) -> str:
+    return "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in rows)
+
+
+# --- the terminal timeline -----------------------------------------------------------------
+
+CELLS = {"ok": ("●", "green"), "degraded": ("◐", "yellow"), "blocked": ("✕", "red"),
+         "inconclusive": ("?", "bright_black")}
+ABSENT = ("·", "bright_black")  # not measured in that run (filtered out, interrupted, new target)
+SPARKS = "▁▂▃▄▅▆▇█"
+MAX_CELLS = 60
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    """One block per value, scaled between the series' least and greatest; blank when missing."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return ""
+    low, high = min(present), max(present)
+    span = high - low
+    out = []
+    for v in values:
+        if v is None:
+            out.append(" ")
+        elif span == 0:
+            out.append(SPARKS[3])
+        else:
+            out.append(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))])
+    return "".join(out)
+
+
+def _rate(bps: float) -> str:
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.1f} {unit}"
+    return f"{bps:.0f} bit/s"
+
+
+def _when(iso: str) -> str:
+    return iso[:16].replace("T", " ")
+
+
+def _changes(verdicts: Sequence[tuple[str, str] | None], runs: Sequence[RunInfo]) -> str:
+    """The last change of verdict, with the run it showed up in."""
+    previous: tuple[str, str] | None = None
+    last = ""
+    for verdict, run in zip(verdicts, runs, strict=True):
+        if verdict is None:
+            continue
+        if previous is not None and verdict != previous:
+            before = previous[0] if previous[0] == "ok" else f"{previous[0]} {previous[1]}"
+            after = verdict[0] if verdict[0] == "ok" else f"{verdict[0]} {verdict[1]}"
+            last = f"{before} → {after} at {_when(run.started_at)} (run {run.id})"
+        previous = verdict
+    return last
+
+
+def render_timeline(history: History, *, width: int = 120, color: bool = False) -> str:
+    """Per feature and target: status cells (one per run), sparklines, and the last change."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=color,
+                      color_system="standard" if color else None, highlight=False)
+    if not history.runs:
+        console.print("No runs recorded in this period.")
+        return console.file.getvalue()  # type: ignore[attr-defined]
+    runs = history.runs[-MAX_CELLS:]
+    interrupted = sum(1 for r in runs if r.interrupted)
+    heading = (f"{len(runs)} runs, {_when(runs[0].started_at)} → {_when(runs[-1].started_at)}"
+               f" UTC" + (f" ({interrupted} interrupted)" if interrupted else ""))
+    console.print(Text(heading, style="bold"))
+
+    def cells(verdicts: Sequence[tuple[str, str] | None]) -> Text:
+        text = Text()
+        for v in verdicts:
+            glyph, style = CELLS.get(v[0], ABSENT) if v else ABSENT
+            text.append(glyph, style=style)
+        return text
+
+    def now(verdict: tuple[str, str] | None) -> Text:
+        if verdict is None:
+            return Text("-")
+        status, reason = verdict
+        return Text(status if status == "ok" else f"{status} {reason}",
+                    style=CELLS.get(status, ABSENT)[1])
+
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
+    for column in ("feature / target", "runs", "now", "rtt", "throughput", "loss",
+                   "last change"):
+        table.add_column(column, no_wrap=column != "last change", overflow="fold")
+    targets: dict[tuple[str, str, str, str], dict[int, HistoryRow]] = {}
+    for row in history.rows:
+        targets.setdefault((row.platform, row.feature, row.url, row.name), {})[row.run_id] = row
+    groups: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
+    for key in targets:
+        groups.setdefault((key[0], key[1]), []).append(key)
+    for (platform, feature), keys in groups.items():
+        verdicts_of_feature = history.features.get((platform, feature), {})
+        fv = [verdicts_of_feature.get(r.id) for r in runs]
+        label = platform if platform == CONTROL else f"{platform} / {feature}"
+        if platform == CONTROL:
+            table.add_row(Text(label, style="bold"))
+        else:
+            latest = next((v for v in reversed(fv) if v), None)
+            table.add_row(Text(label, style="bold"), cells(fv), now(latest), "", "", "",
+                          _changes(fv, runs))
+        for key in keys:
+            by_run = targets[key]
+            present = [by_run.get(r.id) for r in runs]
+            tv = [(row.status, row.reason) if row else None for row in present]
+            rtts = [row.rtt_ms if row else None for row in present]
+            rates = [row.throughput_bps if row else None for row in present]
+            losses = [row.loss if row else None for row in present]
+            last_row = next((row for row in reversed(present) if row), None)
+
+            def with_latest(series: list[float | None], fmt: str) -> str:
+                line = sparkline(series)
+                latest = next((v for v in reversed(series) if v is not None), None)
+                if latest is None:
+                    return line
+                shown = {"ms": f"{latest:.1f} ms" if latest < 10 else f"{latest:.0f} ms", "rate": _rate(latest),
+                         "pct": f"{latest:.0%}"}[fmt]
+                return f"{line} {shown}"
+
+            label = key[3] or key[2]
+            table.add_row(Text("  " + label), cells(tv),
+                          now((last_row.status, last_row.reason) if last_row else None),
+                          with_latest(rtts, "ms"), with_latest(rates, "rate"),
+                          with_latest(losses, "pct"), _changes(tv, runs))
+    console.print(table)
+    legend = Text()
+    for status, (glyph, style) in CELLS.items():
+        legend.append(glyph, style=style)
+        legend.append(f" {status}  ")
+    legend.append(ABSENT[0], style=ABSENT[1])
+    legend.append(" not measured")
+    console.print(legend)
+    text: str = console.file.getvalue()  # type: ignore[attr-defined]
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
