@@ -1,0 +1,342 @@
+"""The tls layer: a TLS handshake over the tcp layer (`tls://`, and under https), and the SNI swap.
+
+Strategy: TLS runs over memory BIOs on our own non-blocking socket (`Wire`), not inside asyncio's
+transport. So every raw byte is seen: whether the server said anything at all after the
+ClientHello (a ServerHello, an alert) and how the connection ended. That is what tells a timeout
+(nothing came back) from a reset (RST), an EOF (FIN) and an alert, which asyncio's SSL transport
+folds into one "connection lost". The same `Wire` carries HTTP for the https layer, counting raw
+bytes on the wire (a throttled link delivers TLS records slowly: progress shows in raw bytes
+long before the first decrypted byte).
+
+SNI swap (the `sni_control` diagnosis): censors keep blocking an IP:port for a while after a
+trigger (a residual block: China 90-180 s), so a control handshake sent after the failures would
+often fail too and hide the SNI filtering. So the control handshake is taken BEFORE the first
+sample of a run to each address:port, once, and kept; `diagnose` only reports it, and only when
+the target failed with a timeout, reset, EOF or alert (never after a certificate error: an
+interceptor answers every SNI, and swapping would mislabel interception as SNI filtering).
+The cost is one extra handshake per distinct address:port in a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import ssl
+import time
+from typing import Any
+
+from probe.catalog import Job
+from probe.failures import CONNECTION_RESET, EOF_, TIMEOUT, TLS_ALERT, Failed, classify_exception
+from probe.layers import Context
+from probe.layers.dns import resolve
+from probe.layers.tcp import abort, connect, elapsed_ms, target_port
+from probe.observations import Observation, Phase, Sample
+
+# A name nobody blocks: IANA's reserved example domain (RFC 2606). Override with
+# `settings.control_sni` when a network treats it specially.
+DEFAULT_CONTROL_SNI = "example.com"
+
+# Failures after which the SNI swap tells something (see the module docstring).
+SWAP_AFTER = frozenset({TIMEOUT, CONNECTION_RESET, EOF_, TLS_ALERT})
+
+_RECORD_HANDSHAKE, _RECORD_ALERT = 0x16, 0x15
+_RECV_SIZE = 65536
+
+
+class Wire:
+    """A connected socket, with TLS over memory BIOs once `start_tls` succeeded.
+
+    Counts raw bytes received. When `idle` is set, a read that sees no raw byte for `idle`
+    seconds raises TimeoutError: progress is judged on the wire, not on decrypted data.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._loop = asyncio.get_running_loop()
+        self.raw_received = 0
+        self.first_byte: int | None = None  # the first byte from the peer: a TLS record type
+        self.first_raw_at: float | None = None  # perf_counter() of the first raw byte
+        self.last_raw_at: float | None = None
+        self.idle: float | None = None
+        self.closed = False
+
+    async def _recv_raw(self) -> bytes:
+        if self.idle is None:
+            data = await self._loop.sock_recv(self.sock, _RECV_SIZE)
+        else:
+            async with asyncio.timeout(self.idle):
+                data = await self._loop.sock_recv(self.sock, _RECV_SIZE)
+        if data:
+            now = time.perf_counter()
+            if self.first_byte is None:
+                self.first_byte = data[0]
+            if self.first_raw_at is None:
+                self.first_raw_at = now
+            self.last_raw_at = now
+            self.raw_received += len(data)
+        return data
+
+    async def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data:
+            await self._loop.sock_sendall(self.sock, data)
+
+    async def start_tls(self, context: ssl.SSLContext, sni: str | None) -> None:
+        """Run a client handshake; raises what the handshake ran into (classified by the caller)."""
+        tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=sni)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            await self._flush()
+            data = await self._recv_raw()
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()  # the next do_handshake() raises SSLEOFError
+        await self._flush()  # our Finished
+        self.tls = tls
+
+    async def read(self, max_bytes: int = _RECV_SIZE) -> bytes:
+        """Application bytes; b"" once the peer closed (with or without close_notify)."""
+        while True:
+            if self.tls is not None:
+                try:
+                    return self.tls.read(max_bytes)
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return b""
+            data = await self._recv_raw()
+            if self.tls is None or not data:
+                if self.tls is not None:
+                    self._incoming.write_eof()
+                return data
+            self._incoming.write(data)
+
+    async def write(self, data: bytes) -> None:
+        if self.tls is None:
+            await self._loop.sock_sendall(self.sock, data)
+            return
+        self.tls.write(data)
+        await self._flush()
+
+    def abort(self) -> None:
+        """Close with RST: after a failure, or to stop a transfer we no longer want."""
+        if not self.closed:
+            self.closed = True
+            abort(self.sock)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def target_sni(job: Job) -> str:
+    return job.target.sni or job.endpoint.host
+
+
+def control_sni(ctx: Context) -> str:
+    return ctx.settings.control_sni or DEFAULT_CONTROL_SNI
+
+
+def certificate_facts(der: bytes | None) -> dict[str, Any]:
+    """Subject, issuer and SPKI SHA-256 of the leaf certificate (DER), for the phase."""
+    if not der:
+        return {}
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_der_x509_certificate(der)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "spki_sha256": hashlib.sha256(spki).hexdigest(),
+    }
+
+
+def _record_type(first_byte: int | None) -> str | None:
+    """What the peer's first byte says it sent: a TLS handshake record, an alert, or other."""
+    if first_byte is None:
+        return None
+    names = {_RECORD_HANDSHAKE: "handshake", _RECORD_ALERT: "alert"}
+    return names.get(first_byte, f"0x{first_byte:02x}")
+
+
+def _failure_message(failure: str, message: str, wire: Wire, timeout: float, sni: str) -> str:
+    heard = (f"{wire.raw_received} bytes from the server" if wire.raw_received
+             else "nothing from the server")
+    if failure == TIMEOUT:
+        if not wire.raw_received:
+            return f"no ServerHello within {timeout:g} s after ClientHello (SNI {sni})"
+        return f"handshake incomplete after {timeout:g} s, {heard} (SNI {sni})"
+    if failure == CONNECTION_RESET:
+        return f"connection reset after ClientHello, {heard} (SNI {sni})"
+    if failure == EOF_:
+        return f"connection closed after ClientHello, {heard} (SNI {sni})"
+    return f"{message} (SNI {sni})"
+
+
+async def handshake(
+    job: Job, ctx: Context, sample: Sample, sock: socket.socket, context: ssl.SSLContext,
+    sni: str,
+) -> Wire | None:
+    """A TLS handshake on a connected socket, recording a `tls` phase; None when it failed
+    (the socket is then aborted with RST)."""
+    wire = Wire(sock)
+    start = time.perf_counter()
+    try:
+        try:
+            async with asyncio.timeout(job.timeout):
+                await wire.start_tls(context, sni)
+        except TimeoutError:
+            raise Failed(TIMEOUT) from None
+    except (OSError, Failed) as exc:  # ssl.SSLError is an OSError
+        wire.abort()
+        failure, message = classify_exception(exc)
+        sample.add("tls", Phase(
+            ok=False, ms=elapsed_ms(start), failure=failure,
+            error=_failure_message(failure, message, wire, job.timeout, sni),
+            sni=sni, server_bytes=wire.raw_received, first_record=_record_type(wire.first_byte),
+        ))
+        return None
+    except BaseException:
+        wire.abort()
+        raise
+    tls = wire.tls
+    assert tls is not None
+    cipher = tls.cipher()
+    sample.add("tls", Phase(
+        ok=True, ms=elapsed_ms(start), sni=sni, version=tls.version(),
+        cipher=cipher[0] if cipher else None, alpn=tls.selected_alpn_protocol(),
+        **certificate_facts(tls.getpeercert(binary_form=True)),
+    ))
+    return wire
+
+
+# --- the SNI swap ----------------------------------------------------------------------------
+
+
+class _Control:
+    """One control handshake per address:port and run, shared by every target there."""
+
+    def __init__(self, task: asyncio.Task[Phase]) -> None:
+        self.task = task
+
+    async def aclose(self) -> None:  # called by Context.aclose() at the end of the run
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+def _control_key(address: str, port: int, sni: str) -> str:
+    return f"tls.sni_control {address} {port} {sni}"
+
+
+async def _control_handshake(job: Job, ctx: Context, address: str, port: int, sni: str) -> Phase:
+    scratch = Sample()
+    start = time.perf_counter()
+    sock = await connect(job, ctx, scratch, address, port)
+    if sock is None:
+        tcp = scratch.phases["tcp"]
+        return Phase(ok=False, ms=elapsed_ms(start), failure=tcp.failure, sni=sni,
+                     error=f"control connect failed: {tcp.error}", before_samples=True)
+    tried = Sample()
+    wire = await handshake(job, ctx, tried, sock, ctx.ssl_context(verify=False), sni)
+    if wire is not None:
+        wire.abort()
+    phase = tried.phases["tls"]
+    # Reaching the server is the fact that counts: a ServerHello, or an alert it sent.
+    reached = phase.ok or phase.failure == TLS_ALERT or phase.get("first_record") in (
+        "handshake", "alert")
+    facts = phase.model_dump()
+    if reached and not phase.ok:  # the server answered, if only with an alert: keep it as a fact
+        facts["reply"] = "alert" if phase.failure == TLS_ALERT else phase.get("first_record")
+        facts["failure"] = None
+    elif phase.ok:
+        facts["reply"] = "server_hello"
+    return Phase(**{**facts, "ok": reached, "before_samples": True})
+
+
+async def take_control(job: Job, ctx: Context, address: str, port: int) -> None:
+    """Take the control handshake to address:port now, once per run, before any sample."""
+    sni = control_sni(ctx)
+    if sni == target_sni(job):
+        return
+    key = _control_key(address, port, sni)
+    control = ctx.cache.get(key)
+    if control is None:
+        task = asyncio.ensure_future(_control_handshake(job, ctx, address, port, sni))
+        control = ctx.cache[key] = _Control(task)
+    # Shielded: a sample cancelled by its deadline must not cancel other targets' control.
+    with contextlib.suppress(Exception):
+        await asyncio.shield(control.task)
+
+
+async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
+    """The `sni_control` step, when every sample failed in the handshake without a certificate
+    error; empty otherwise."""
+    where: tuple[str, int] | None = None
+    for sample in observation.samples:
+        failed = sample.failed
+        if failed is None or failed[0] != "tls":
+            continue
+        if failed[1].failure not in SWAP_AFTER:
+            return {}
+        tcp = sample.phases.get("tcp")
+        if tcp is not None and tcp.ok:
+            where = (tcp.get("address"), tcp.get("port"))
+    if where is None:
+        return {}
+    control = ctx.cache.get(_control_key(*where, control_sni(ctx)))
+    if not isinstance(control, _Control):
+        return {}
+    try:
+        phase = await asyncio.shield(control.task)
+    except Exception as exc:  # the control itself broke: report it as a failed step
+        failure, message = classify_exception(exc)
+        return {"sni_control": Phase(ok=False, failure=failure, error=message)}
+    return {"sni_control": phase.model_copy()}
+
+
+# --- the layer -------------------------------------------------------------------------------
+
+
+def budget(job: Job) -> float:
+    """dns, the control (connect + handshake), connect, handshake: five timeouts at most."""
+    return job.timeout * 6 + 1.0
+
+
+async def open_tls(
+    job: Job, ctx: Context, sample: Sample, alpn: tuple[str, ...] = ()
+) -> Wire | None:
+    """dns -> (control) -> tcp -> tls for a target; the open Wire, or None after a failure."""
+    address = await resolve(job, ctx, sample)
+    if address is None:
+        return None
+    port = target_port(job)
+    await take_control(job, ctx, address, port)
+    sock = await connect(job, ctx, sample, address, port)
+    if sock is None:
+        return None
+    context = ctx.ssl_context(job.ca_files, alpn=alpn)
+    return await handshake(job, ctx, sample, sock, context, target_sni(job))
+
+
+async def measure(job: Job, ctx: Context) -> Sample:
+    sample = Sample()
+    wire = await open_tls(job, ctx, sample, tuple(job.target.alpn or ()))
+    if wire is not None:
+        wire.abort()  # the handshake is all tls:// asks
+    return sample
