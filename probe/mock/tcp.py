@@ -62,6 +62,7 @@ class TCPServer:
         self._socket: socket.socket | None = None  # the listener (silent) or bound port (refuse)
         self._fillers: list[socket.socket] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -100,15 +101,19 @@ class TCPServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # type: ignore[arg-type]
         try:
             while data := await reader.read(65536):
                 if self.behaviour == "echo":
                     writer.write(data)
                     await writer.drain()
-        except Exception:  # a hostile or vanished client must not take the server down
-            pass
+        except (Exception, asyncio.CancelledError):  # a hostile client must not take us down;
+            pass  # and a handler cancelled by stop() just ends
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
     async def stop(self) -> None:
@@ -116,6 +121,10 @@ class TCPServer:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            if self._tasks:
+                _, pending = await asyncio.wait(set(self._tasks), timeout=1.0)
+                for task in pending:
+                    task.cancel()
             await self._server.wait_closed()
             self._server = None
         for filler in self._fillers:

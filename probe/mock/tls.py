@@ -129,6 +129,15 @@ def _rst(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+async def _end_handlers(tasks: set[asyncio.Task[None]]) -> None:
+    """Wait for connection handlers to see their aborted connections, then cancel stragglers."""
+    if tasks:
+        _, pending = await asyncio.wait(set(tasks), timeout=1.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 async def _drain_until_closed(reader: asyncio.StreamReader) -> None:
     while await reader.read(65536):
         pass
@@ -168,6 +177,7 @@ class TLSServer:
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
 
     def _context(self, kind: str) -> ssl.SSLContext:
         """The server context for `ok`, `untrusted` or `wrong_name`, built on first use."""
@@ -193,6 +203,7 @@ class TLSServer:
         self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
+        await _end_handlers(self._tasks)
         await self._server.wait_closed()
         self._server = None
 
@@ -205,6 +216,9 @@ class TLSServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # type: ignore[arg-type]
         try:
             hello = await read_record(reader)
             behaviour = self.sni_behaviours.get(parse_sni(hello) or "", self.behaviour)
@@ -222,10 +236,11 @@ class TLSServer:
                 tls = ServerTLS(reader, writer, self._context(kind), hello)
                 await tls.handshake()
                 await self.serve(tls, behaviour)
-        except Exception:  # a hostile, broken or impatient client must not take the server down
-            pass
+        except (Exception, asyncio.CancelledError):  # a hostile client must not take us down;
+            pass  # and a handler cancelled by stop() just ends
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
     async def serve(self, tls: ServerTLS, behaviour: str) -> None:
@@ -280,7 +295,8 @@ class HTTPSServer(TLSServer):
             await self._respond(tls, 200, bytes(_MIB), "application/octet-stream", behaviour)
         else:
             await self._respond(tls, 404, b"not found", "text/plain")
-        await _drain_until_closed(tls.reader)
+        if behaviour == "stall":
+            await _drain_until_closed(tls.reader)  # the rest never comes
 
     async def _respond(self, tls: ServerTLS, status: int, body: bytes, content_type: str,
                        behaviour: str = "ok", location: str | None = None) -> None:
