@@ -1,0 +1,317 @@
+"""The history store: round trips, metrics from phases, export, filters, concurrent writers,
+and a real loopback target that flips from ok to blocked between two recorded runs."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from probe import catalog, history
+from probe.observations import Observation, Phase, Sample
+from probe.results import Run, TargetResult
+from probe.runner import Runner
+
+CATALOG = """
+version: 1
+controls: [tcp://127.0.0.1:9]
+platforms:
+  demo:
+    name: Demo
+    features:
+      chat: [tcp://127.0.0.1:1234]
+      calls: [stun://127.0.0.1:3478]
+      web:
+        - url: https://127.0.0.1:8443/
+          name: site
+"""
+
+
+def judged(observations: dict[str, Observation], text: str = CATALOG) -> Run:
+    """A Run judged by the real classifier from hand-built observations (the store must not
+    care where they came from)."""
+    r = Runner(loaded=catalog.loads(text))
+    for job in r.jobs:
+        r.done.append((job, observations[job.target.url]))
+    return r.finish()
+
+
+def obs(*samples: dict[str, Phase]) -> Observation:
+    return Observation(samples=[Sample(phases=dict(s)) for s in samples])
+
+
+def ok_run(rtt: float = 2.0) -> Run:
+    return judged({
+        "tcp://127.0.0.1:9": obs({"tcp": Phase(ok=True, ms=1.0)}),
+        "tcp://127.0.0.1:1234": obs(*({"tcp": Phase(ok=True, ms=rtt + i, rtt_ms=rtt)}
+                                      for i in range(3))),
+        "stun://127.0.0.1:3478": obs({"stun": Phase(ok=True, ms=30.0, sent=10, lost=1,
+                                                    rtt_ms=[4.0, 5.0, 6.0])}),
+        "https://127.0.0.1:8443/": obs(*({"tcp": Phase(ok=True, ms=1.0),
+                                          "tls": Phase(ok=True, ms=3.0),
+                                          "http": Phase(ok=True, ms=9.0, status=200,
+                                                        bytes=1000, throughput_bps=8e6 + i)}
+                                         for i in range(3))),
+    })
+
+
+def blocked_run() -> Run:
+    refused = Phase(ok=False, ms=0.1, failure="connection_refused", error="refused")
+    run = ok_run()
+    blocked = judged({
+        "tcp://127.0.0.1:9": obs({"tcp": Phase(ok=True, ms=1.0)}),
+        "tcp://127.0.0.1:1234": obs({"tcp": refused}, {"tcp": refused}),
+        "stun://127.0.0.1:3478": obs({"stun": Phase(ok=False, ms=5000.0, failure="timeout",
+                                                    sent=3, lost=3)}),
+        "https://127.0.0.1:8443/": obs({"tcp": Phase(ok=True, ms=1.0),
+                                        "tls": Phase(ok=False, ms=5000.0, failure="timeout")}),
+    })
+    assert run.targets[0].status == "ok" and blocked.targets[0].reason == "tcp.reset"
+    return blocked
+
+
+# --- metrics_of ----------------------------------------------------------------------------
+
+
+def target(*samples: dict[str, Phase]) -> TargetResult:
+    return TargetResult(platform="p", feature="f", url="tcp://127.0.0.1:1", status="ok",
+                        reason="ok", observation=obs(*samples))
+
+
+@pytest.mark.parametrize(("samples", "expected"), [
+    ((), (None, None, None)),
+    (({"tcp": Phase(ok=True, ms=10.0)}, {"tcp": Phase(ok=True, ms=30.0)}), (20.0, None, None)),
+    # the kernel's RTT wins over wall time when the layer recorded it
+    (({"tcp": Phase(ok=True, ms=10.0, rtt_ms=0.5)},), (0.5, None, None)),
+    # a failed connect's duration is no round trip
+    (({"tcp": Phase(ok=False, ms=5000.0, failure="timeout")},), (None, None, None)),
+    (({"dns": Phase(ok=True, ms=7.0)},), (7.0, None, None)),
+    (({"dns": Phase(ok=True, ms=7.0), "tcp": Phase(ok=True, ms=3.0)},), (3.0, None, None)),
+    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=100.0, bytes=1000)},),
+     (1.0, 80_000.0, None)),
+    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, throughput_bps=5e6)},),
+     (1.0, 5e6, None)),
+    (({"stun": Phase(ok=True, ms=9.0, sent=10, lost=3, rtt_ms=[1.0, 2.0, 9.0])},),
+     (2.0, None, 0.3)),
+    (({"stun": Phase(ok=True, ms=9.0, sent=4, received=3)},), (9.0, None, 0.25)),
+    (({"stun": Phase(ok=False, failure="timeout", sent=5, lost=5)},), (None, None, 1.0)),
+    # facts of the wrong type or missing are ignored, never a crash
+    (({"stun": Phase(ok=True, sent="x", lost=None, rtt_ms="fast")},), (None, None, None)),
+])
+def test_metrics_of(samples: tuple[dict[str, Phase], ...],
+                    expected: tuple[float | None, float | None, float | None]) -> None:
+    assert history.metrics_of(target(*samples)) == expected
+
+
+# --- store ---------------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_the_whole_run(tmp_path: Path) -> None:
+    db = history.connect(tmp_path / "h.sqlite")
+    runs = [ok_run(), blocked_run(), ok_run(rtt=4.0)]
+    ids = [history.record(db, r) for r in runs]
+    assert ids == history.run_ids(db)
+    for run_id, run in zip(ids, runs, strict=True):
+        assert history.load_run(db, run_id).to_json() == run.to_json()
+    h = history.query(db)
+    assert [r.id for r in h.runs] == ids
+    chat = [r for r in h.rows if r.feature == "chat"]
+    assert [(r.status, r.reason) for r in chat] == [
+        ("ok", "ok"), ("blocked", "tcp.reset"), ("ok", "ok")]
+    assert [r.rtt_ms for r in chat] == [2.0, None, 4.0]
+    web = [r for r in h.rows if r.feature == "web"]
+    assert web[0].name == "site" and web[0].throughput_bps == 8e6 + 1
+    calls = [r for r in h.rows if r.feature == "calls"]
+    assert calls[0].loss == pytest.approx(0.1) and calls[1].loss == 1.0
+    controls = [r for r in h.rows if r.platform == history.CONTROL]
+    assert len(controls) == 3 and controls[0].feature == ""
+    assert h.features[("demo", "chat")][ids[1]] == ("blocked", "tcp.reset")
+    db.close()
+
+
+def test_reopen_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    history.record_to(path, ok_run())
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    db.execute("UPDATE schema_version SET version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(history.HistoryError, match="newer probe"):
+        history.connect(path)
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    path.write_bytes(b"this is not sqlite at all, just some text" * 50)
+    with pytest.raises(history.HistoryError, match="not a usable history database"):
+        history.connect(path)
+    with pytest.raises(history.HistoryError, match="no history yet"):
+        history.connect(tmp_path / "missing.sqlite", create=False)
+
+
+def test_a_failing_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = history.connect(tmp_path / "h.sqlite")
+    history.record(db, ok_run())
+    calls = 0
+
+    def broken(t: TargetResult) -> tuple[float | None, float | None, float | None]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("disk on fire")
+        return None, None, None
+
+    monkeypatch.setattr(history, "metrics_of", broken)
+    with pytest.raises(RuntimeError):
+        history.record(db, blocked_run())
+    assert history.run_ids(db) == [1]
+    assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 4
+    assert db.execute("SELECT count(*) FROM features").fetchone()[0] == 3
+
+
+def test_filters_and_since(tmp_path: Path) -> None:
+    db = history.connect(tmp_path / "h.sqlite")
+    old = ok_run().model_copy(update={"started_at": "2020-01-01T00:00:00Z"})
+    history.record(db, old)
+    history.record(db, blocked_run())
+    assert len(history.query(db).runs) == 2
+    recent = history.query(db, since=history.parse_since("24h"))
+    assert len(recent.runs) == 1 and {r.run_id for r in recent.rows} == {2}
+    assert len(history.query(db, since=history.parse_since("2019-12-31")).runs) == 2
+    only = history.query(db, platform="demo", feature="chat")
+    assert {(r.platform, r.feature) for r in only.rows} == {("demo", "chat")}
+    assert set(only.features) == {("demo", "chat")}
+    assert {r.platform for r in history.query(db, platform=history.CONTROL).rows} == {
+        history.CONTROL}
+    assert [r.id for r in history.query(db, last=1).runs] == [2]
+    with pytest.raises(history.HistoryError):
+        history.parse_since("yesterday-ish")
+
+
+def test_csv_and_jsonl_export(tmp_path: Path) -> None:
+    db = history.connect(tmp_path / "h.sqlite")
+    history.record(db, ok_run())
+    history.record(db, blocked_run())
+    rows = history.query(db).rows
+    table = list(csv.DictReader(io.StringIO(history.to_csv(rows))))
+    assert list(table[0]) == list(history.COLUMNS) == [
+        "run_id", "started_at", "platform", "feature", "url", "name", "status", "reason",
+        "rtt_ms", "throughput_bps", "loss"]
+    assert len(table) == 2 * 4
+    chat = [r for r in table if r["feature"] == "chat"]
+    assert [(r["status"], r["reason"], r["rtt_ms"]) for r in chat] == [
+        ("ok", "ok", "2.0"), ("blocked", "tcp.reset", "")]
+    lines = [json.loads(line) for line in history.to_jsonl(rows).splitlines()]
+    assert len(lines) == 8 and lines[1]["rtt_ms"] == 2.0 and lines[5]["rtt_ms"] is None
+
+
+def test_csv_loads_in_pandas(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    db = history.connect(tmp_path / "h.sqlite")
+    history.record(db, ok_run())
+    history.record(db, blocked_run())
+    frame = pd.read_csv(io.StringIO(history.to_csv(history.query(db).rows)))
+    assert frame["rtt_ms"].dtype.kind == "f" and frame["rtt_ms"].isna().sum() > 0
+    assert frame.groupby("status").size()["blocked"] == 3
+
+
+def test_timeline_shows_cells_sparklines_and_changes(tmp_path: Path) -> None:
+    db = history.connect(tmp_path / "h.sqlite")
+    for run in (ok_run(1.0), ok_run(5.0), blocked_run(), ok_run(9.0)):
+        history.record(db, run)
+    text = history.render_timeline(history.query(db), width=160)
+    chat = next(line for line in text.splitlines() if "tcp://127.0.0.1:1234" in line)
+    assert "●●✕●" in chat
+    assert "blocked tcp.reset → ok" in chat
+    assert "▁▅ █" in chat  # RTT 1, 5, (none), 9
+    calls = next(line for line in text.splitlines() if "stun://" in line)
+    assert "10%" in calls
+    assert "demo / chat" in text and "4 runs" in text
+    colored = history.render_timeline(history.query(db), width=160, color=True)
+    assert "\x1b[" in colored
+    assert "No runs" in history.render_timeline(history.query(db, since=4e9))
+
+
+def test_sparkline() -> None:
+    assert history.sparkline([]) == ""
+    assert history.sparkline([None, None]) == ""
+    assert history.sparkline([1.0, 1.0]) == "▄▄"
+    assert history.sparkline([0.0, None, 7.0, 3.5]) == "▁ █▅"
+
+
+# --- concurrent writers --------------------------------------------------------------------
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_history import ok_run, blocked_run
+    from probe import history
+    for i in range({n}):
+        history.record_to({db!r}, ok_run() if i % 2 else blocked_run())
+""")
+
+
+def test_two_concurrent_writers_never_corrupt(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "h.sqlite")
+    n = 40
+    code = WRITER.format(tests=str(Path(__file__).parent), n=n, db=db_path)
+    writers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    db = history.connect(db_path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    ids = history.run_ids(db)
+    assert len(ids) == 2 * n
+    per_run = dict(db.execute("SELECT run_id, count(*) FROM results GROUP BY run_id"))
+    assert set(per_run.values()) == {4}, "every run has its control and its 3 targets"
+    for run_id in ids:
+        assert len(history.load_run(db, run_id).targets) == 3
+
+
+# --- a real target flips -------------------------------------------------------------------
+
+
+def run_catalog(text: str) -> Run:
+    async def go() -> Run:
+        r = Runner(loaded=catalog.loads(text))
+        await r.run()
+        return r.finish()
+
+    return asyncio.run(go())
+
+
+def test_a_closed_listener_shows_as_a_change(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    text = f"""
+version: 1
+settings: {{timeout: 1s, attempts: 2}}
+platforms:
+  demo:
+    features:
+      chat: [tcp://127.0.0.1:{port}]
+"""
+    db = history.connect(tmp_path / "h.sqlite")
+    history.record(db, run_catalog(text))
+    listener.close()
+    history.record(db, run_catalog(text))
+    h = history.query(db)
+    assert [(r.status, r.reason) for r in h.rows] == [("ok", "ok"), ("blocked", "tcp.reset")]
+    assert h.rows[0].rtt_ms is not None and h.rows[1].rtt_ms is None
+    timeline = history.render_timeline(h, width=160)
+    assert "●✕" in timeline and "ok → blocked tcp.reset" in timeline
+    table = list(csv.DictReader(io.StringIO(history.to_csv(h.rows))))
+    assert [r["status"] for r in table] == ["ok", "blocked"]
+    assert [r["reason"] for r in table] == ["ok", "tcp.reset"]
