@@ -18,7 +18,7 @@ ClientHellos carrying that SNI: an SNI filter in front of a working server.
 HTTPSServer adds, after a good handshake (ALPN http/1.1; one request per connection):
   ok         `/` a small page, `/1mib` 1 MiB of data, anything else 404
   forbidden  403 with a short block page
-  throttle   the response at `rate` bit/s (default 128 kbit/s), in small TLS records
+  throttle   the body at `rate` bit/s on the wire (default 128 kbit/s), records of `chunk` bytes
   stall      the headers and `stall_bytes` of the body (default 16 KiB), then nothing
   redirect   302 to a captive-portal login page (`portal` option, default login.portal.invalid)
 """
@@ -115,6 +115,11 @@ class ServerTLS:
             except ssl.SSLZeroReturnError:
                 return b""
 
+    def encrypt(self, data: bytes) -> bytes:
+        """The TLS record(s) carrying `data`, to be written by the caller."""
+        self.tls.write(data)
+        return self._out.read()
+
     async def send(self, data: bytes) -> None:
         """One TLS record per call (up to 16 KiB): callers choose the record size."""
         self.tls.write(data)
@@ -178,6 +183,7 @@ class TLSServer:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
+        self.hellos: list[str | None] = []  # the SNI of every ClientHello, in order (for tests)
 
     def _context(self, kind: str) -> ssl.SSLContext:
         """The server context for `ok`, `untrusted` or `wrong_name`, built on first use."""
@@ -221,7 +227,9 @@ class TLSServer:
             self._tasks.add(task)  # type: ignore[arg-type]
         try:
             hello = await read_record(reader)
-            behaviour = self.sni_behaviours.get(parse_sni(hello) or "", self.behaviour)
+            sni = parse_sni(hello)
+            self.hellos.append(sni)
+            behaviour = self.sni_behaviours.get(sni or "", self.behaviour)
             if behaviour == "reset_after_hello":
                 _rst(writer)
             elif behaviour == "silent_after_hello":
@@ -317,14 +325,18 @@ class HTTPSServer(TLSServer):
                 await tls.send(body[i:i + 16384])
 
     async def _send_slowly(self, tls: ServerTLS, body: bytes) -> None:
-        """At `rate` bit/s in small records, as a shaper dropping packets delivers them."""
+        """At `rate` bit/s on the wire, as a shaper dropping packets delivers them: the bytes of
+        each TLS record (`chunk` bytes of body, default 1 KiB) trickle in 1 KiB pieces."""
         chunk = int(self.options.get("chunk", 1024))
         loop = asyncio.get_running_loop()
         started = loop.time()
         sent = 0
         for i in range(0, len(body), chunk):
-            piece = body[i:i + chunk]
-            await tls.send(piece)
-            sent += len(piece)
-            # pace against the start, so sleep granularity does not add up
-            await asyncio.sleep(max(0.0, started + sent * 8 / self.rate - loop.time()))
+            record = tls.encrypt(body[i:i + chunk])
+            for j in range(0, len(record), 1024):
+                piece = record[j:j + 1024]
+                tls.writer.write(piece)
+                await tls.writer.drain()
+                sent += len(piece)
+                # pace against the start, so sleep granularity does not add up
+                await asyncio.sleep(max(0.0, started + sent * 8 / self.rate - loop.time()))
