@@ -85,6 +85,11 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
         return EOF_, str(exc) or "connection closed"
     if isinstance(exc, OSError) and exc.errno is None and "EOF" in type(exc).__name__:
         return EOF_, str(exc)
+    if type(exc).__name__ == "RemoteProtocolError":  # httpx/httpcore, not imported here
+        # h11 words a hang-up "peer closed connection without sending complete message body",
+        # h2/httpcore "Server disconnected"; anything else is a response we could not parse.
+        text = str(exc).lower()
+        return (EOF_ if "closed" in text or "disconnected" in text else PROTOCOL_ERROR), str(exc)
     return UNKNOWN, f"{type(exc).__name__}: {exc}"
 
 
