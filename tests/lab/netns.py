@@ -1,0 +1,300 @@
+"""The lab's plumbing: three network namespaces (client <-> censor <-> server), the censor's rules,
+server processes inside a namespace, and the probe run as the client.
+
+Every address lives inside the namespaces (10.199.0.0/16); no namespace has a link to the host's
+network, so nothing the lab sends can leave it. Names carry the pid and a random suffix, so two
+runs on one machine never collide, and everything made here is removed by `Topology.destroy()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE = Path(__file__).resolve().with_name("serve.py")
+TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "iptables": "iptables"}
+
+CLIENT_IP = "10.199.1.2"
+CENSOR_CLIENT_SIDE = "10.199.1.1"  # the client's gateway, and where the ISP resolver listens
+CENSOR_SERVER_SIDE = "10.199.2.1"
+SERVER_IP = "10.199.2.2"
+# Further addresses of the server namespace, so a rule can hit one host and spare the others.
+SERVER_EXTRA = ("10.199.2.3", "10.199.2.4", "10.199.2.5")
+LAB_NET = "10.199.0.0/16"
+
+THROTTLE_CLASS = "1:20"  # the htb class of throttled traffic; nft marks packets into it
+
+
+class LabError(RuntimeError):
+    """A lab command failed; the message carries the command and what it printed."""
+
+
+def missing_tools() -> list[str]:
+    """Debian packages to install for the lab tools not found on PATH."""
+    return sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+
+
+def sh(argv: Sequence[str], *, ns: str | None = None, check: bool = True,
+       stdin: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a command (inside namespace `ns` when given) and return it; raise LabError on failure."""
+    full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+    done = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise LabError(f"{' '.join(full)} -> {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+@dataclass
+class Topology:
+    """Three namespaces joined by two veth pairs; the censor forwards between them."""
+
+    base: str
+    made: list[str] = field(default_factory=list)  # namespaces created so far, for cleanup
+
+    @property
+    def client(self) -> str:
+        return f"{self.base}c"
+
+    @property
+    def censor(self) -> str:
+        return f"{self.base}m"
+
+    @property
+    def server(self) -> str:
+        return f"{self.base}s"
+
+    @property
+    def censor_to_client(self) -> str:
+        """The censor's interface toward the client: where egress shaping happens."""
+        return f"{self.base}b"
+
+    @classmethod
+    def create(cls) -> Topology:
+        # pid (6 digits at most) + 4 hex: interface names stay within Linux's 15 characters.
+        topology = cls(base=f"pl{os.getpid() % 1_000_000}{secrets.token_hex(2)}")
+        try:
+            topology._build()
+        except BaseException:
+            topology.destroy()
+            raise
+        return topology
+
+    def _build(self) -> None:
+        for ns in (self.client, self.censor, self.server):
+            sh(["ip", "netns", "add", ns])
+            self.made.append(ns)
+            sh(["ip", "link", "set", "lo", "up"], ns=ns)
+        b = self.base
+        # Created straight inside the namespaces: the host's namespace never sees these links.
+        sh(["ip", "link", "add", f"{b}a", "netns", self.client, "type", "veth",
+            "peer", "name", f"{b}b", "netns", self.censor])
+        sh(["ip", "link", "add", f"{b}d", "netns", self.server, "type", "veth",
+            "peer", "name", f"{b}e", "netns", self.censor])
+        for ns, dev, addresses in (
+            (self.client, f"{b}a", [CLIENT_IP]),
+            (self.censor, f"{b}b", [CENSOR_CLIENT_SIDE]),
+            (self.censor, f"{b}e", [CENSOR_SERVER_SIDE]),
+            (self.server, f"{b}d", [SERVER_IP, *SERVER_EXTRA]),
+        ):
+            for address in addresses:
+                sh(["ip", "addr", "add", f"{address}/24", "dev", dev], ns=ns)
+            sh(["ip", "link", "set", dev, "up"], ns=ns)
+        # Only the lab's own prefix is routed: no default route, so no way out of the lab.
+        sh(["ip", "route", "add", LAB_NET, "via", CENSOR_CLIENT_SIDE], ns=self.client)
+        sh(["ip", "route", "add", LAB_NET, "via", CENSOR_SERVER_SIDE], ns=self.server)
+        self.sysctl(self.censor, "net/ipv4/ip_forward", "1")
+        # Byte counters on conntrack entries, for the "freeze after 16 KB" rule.
+        Censor(self).apply(nft=["ct state established accept"])  # loads conntrack in this netns
+        Censor(self).clear()
+        self.sysctl(self.censor, "net/netfilter/nf_conntrack_acct", "1")
+
+    @staticmethod
+    def sysctl(ns: str, key: str, value: str) -> None:
+        sh(["sh", "-c", f"echo {value} > /proc/sys/{key}"], ns=ns)
+
+    def destroy(self) -> None:
+        """Delete every namespace made (their links and processes' sockets go with them)."""
+        for ns in reversed(self.made):
+            sh(["ip", "netns", "del", ns], check=False)
+        self.made.clear()
+
+
+class Censor:
+    """The middle namespace's rules: an nftables table, iptables string matches, tc shaping."""
+
+    TABLE = "probelab"
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.ns = topology.censor
+
+    def apply(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
+              throttle: tuple[str, str] | None = None) -> None:
+        """Install rules on the forward path.
+
+        nft: rules of the forward chain, e.g. `ip daddr 10.199.2.3 drop`.
+        iptables: argument lists appended to FORWARD (for `-m string`, which nft lacks).
+        throttle: (nft match, rate) sends matching packets toward the client through an htb class
+        at `rate` with a tbf below it, e.g. ("ip saddr 10.199.2.2 tcp sport 8443", "128kbit").
+        """
+        chains = ["  chain censor {",
+                  "    type filter hook forward priority filter; policy accept;",
+                  *(f"    {rule}" for rule in nft), "  }"]
+        if throttle:
+            match, rate = throttle
+            self._shaper(rate)
+            chains += ["  chain shape {",
+                       "    type filter hook postrouting priority filter; policy accept;",
+                       f"    {match} meta priority set {THROTTLE_CLASS}", "  }"]
+        ruleset = "\n".join([f"table inet {self.TABLE} {{", *chains, "}", ""])
+        sh(["nft", "-f", "-"], ns=self.ns, stdin=ruleset)
+        for rule in iptables:
+            sh(["iptables", "-A", "FORWARD", *rule], ns=self.ns)
+
+    def _shaper(self, rate: str) -> None:
+        dev = self.topology.censor_to_client
+        major, minor = THROTTLE_CLASS.split(":")
+        steps = [
+            ["qdisc", "add", "dev", dev, "root", "handle", f"{major}:", "htb", "default", "10"],
+            ["class", "add", "dev", dev, "parent", f"{major}:", "classid", f"{major}:10",
+             "htb", "rate", "10gbit"],
+            ["class", "add", "dev", dev, "parent", f"{major}:", "classid", THROTTLE_CLASS,
+             "htb", "rate", rate, "ceil", rate],
+            # tbf under the class drops what overflows a short queue, like a policing DPI box.
+            ["qdisc", "add", "dev", dev, "parent", THROTTLE_CLASS, "handle", f"{minor}:",
+             "tbf", "rate", rate, "burst", "4kb", "latency", "200ms"],
+        ]
+        for step in steps:
+            sh(["tc", *step], ns=self.ns)
+
+    def clear(self) -> None:
+        """Remove every rule and shaper: the path forwards everything again."""
+        sh(["nft", "delete", "table", "inet", self.TABLE], ns=self.ns, check=False)
+        sh(["iptables", "-F", "FORWARD"], ns=self.ns, check=False)
+        sh(["tc", "qdisc", "del", "dev", self.topology.censor_to_client, "root"],
+           ns=self.ns, check=False)
+
+    def listing(self) -> str:
+        """The rules in force, for failure messages."""
+        nft = sh(["nft", "list", "ruleset"], ns=self.ns, check=False).stdout
+        ipt = sh(["iptables", "-S", "FORWARD"], ns=self.ns, check=False).stdout
+        return nft + ipt
+
+
+class Servers:
+    """`serve.py` running in a namespace: mock servers started from a spec, until stopped."""
+
+    def __init__(self, ns: str, spec: dict[str, Any], log: Path) -> None:
+        self.ns = ns
+        self.spec = spec
+        self.log = log
+        self.ports: dict[str, int] = {}
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30.0) -> dict[str, int]:
+        with self.log.open("w") as err:
+            self._proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, sys.executable, str(SERVE), json.dumps(self.spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
+                env=_env(),
+            )
+        ready = self._read_line(timeout)
+        if not ready.get("ready"):
+            raise LabError(f"serve.py in {self.ns} failed: {ready.get('error')}\n{self._stderr()}")
+        self.ports = {k: int(v) for k, v in ready["ports"].items()}
+        return self.ports
+
+    def set_behaviour(self, server_id: str, behaviour: str) -> None:
+        """Change a running server's behaviour (the convention lets it change while running)."""
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"id": server_id, "behaviour": behaviour}) + "\n")
+        self._proc.stdin.flush()
+        answer = self._read_line(10.0)
+        if not answer.get("ok"):
+            raise LabError(f"cannot set {server_id} to {behaviour}: {answer.get('error')}")
+
+    def _read_line(self, timeout: float) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise LabError(f"serve.py in {self.ns} said nothing in {timeout} s\n"
+                               f"{self._stderr()}")
+        line = self._proc.stdout.readline()
+        if not line:
+            raise LabError(f"serve.py in {self.ns} exited: {self._proc.poll()}\n{self._stderr()}")
+        return dict(json.loads(line))
+
+    def _stderr(self) -> str:
+        try:
+            return self.log.read_text()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin:
+            proc.stdin.close()  # serve.py stops its servers and exits at EOF
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("COLUMNS", None)
+    return env
+
+
+@dataclass
+class ProbeRun:
+    """One `probe run` as the client: exit code, the parsed result, stderr, seconds taken."""
+
+    code: int
+    result: dict[str, Any]
+    stderr: str
+    seconds: float
+
+    def target(self, name: str) -> dict[str, Any]:
+        for t in self.result["targets"]:
+            if t.get("name") == name:
+                return dict(t)
+        raise KeyError(f"no target named {name!r} in the run")
+
+
+def run_probe(topology: Topology, catalog: Path, *, baseline: Path | None = None,
+              output: Path | None = None, timeout: float = 180.0) -> ProbeRun:
+    """`probe run -c catalog -f json [-b baseline]` inside the client namespace."""
+    argv = [sys.executable, "-m", "probe", "run", "-c", str(catalog), "-f", "json"]
+    if baseline is not None:
+        argv += ["-b", str(baseline)]
+    start = time.monotonic()
+    done = subprocess.run(["ip", "netns", "exec", topology.client, *argv], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=_env())
+    seconds = time.monotonic() - start
+    try:
+        result = json.loads(done.stdout)
+    except ValueError:
+        raise LabError(f"probe run printed no JSON (exit {done.returncode}):\n"
+                       f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}") from None
+    if output is not None:
+        output.write_text(done.stdout)
+    return ProbeRun(code=done.returncode, result=result, stderr=done.stderr, seconds=seconds)

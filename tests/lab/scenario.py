@@ -1,0 +1,172 @@
+"""A lab scenario set: servers in the namespaces, the catalog probing them, a baseline, and runs
+with the censor's rules on; plus the check that a run says what the scenario expects.
+
+One `Lab` per test module: its servers start once and its baseline is recorded once with no
+rules; each test then installs rules, runs the probe against that baseline, and clears the rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netns import (
+    CENSOR_CLIENT_SIDE,
+    SERVER_EXTRA,
+    SERVER_IP,
+    Censor,
+    ProbeRun,
+    Servers,
+    Topology,
+    run_probe,
+)
+
+CONTROL_IP = SERVER_EXTRA[1]  # controls live on their own address: rules aimed at targets spare it
+CONTROL_SNI = "control.lab.test"
+
+
+def server(sid: str, kind: str, *, host: str = SERVER_IP, port: int = 0, behaviour: str = "ok",
+           name: str = "mock.test", **options: Any) -> dict[str, Any]:
+    """One entry of a serve.py spec."""
+    return {"id": sid, "kind": kind, "host": host, "port": port, "behaviour": behaviour,
+            "name": name, "options": options}
+
+
+def target(name: str, url: str, *, feature: str | None = None, **options: Any) -> dict[str, Any]:
+    """A catalog target labelled `name` (results are looked up by it), in feature `feature`."""
+    return {"name": name, "url": url, "feature": feature or name, **options}
+
+
+@dataclass
+class Lab:
+    """The running lab of one test module."""
+
+    topology: Topology
+    folder: Path
+    censor: Censor = field(init=False)
+    ports: dict[str, int] = field(default_factory=dict)
+    catalog: Path | None = None
+    baseline: ProbeRun | None = None
+    _servers: list[Servers] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.censor = Censor(self.topology)
+        self.ca_file = self.folder / "lab-ca.pem"
+        self.baseline_file = self.folder / "baseline.json"
+
+    def serve(self, servers: Sequence[dict[str, Any]],
+              records: dict[str, list[str]] | None = None) -> None:
+        """Start `servers` and a control in the server namespace. With `records`, also a DoH
+        server there and the ISP resolver in the censor namespace, both answering `records`
+        truthfully until told otherwise; without, targets must carry `address:` or an IP."""
+        spec = [*servers, server("control", "tcp", host=CONTROL_IP)]
+        if records is not None:
+            spec.append(server("doh", "doh", name=SERVER_IP, records=records))
+        main = Servers(self.topology.server, {"ca_file": str(self.ca_file), "servers": spec},
+                       self.folder / "serve-server.log")
+        self._servers.append(main)
+        self.ports.update(main.start())
+        if records is None:
+            return
+        resolver = Servers(
+            self.topology.censor,
+            {"ca_file": None, "servers": [
+                server("resolver", "dns", host=CENSOR_CLIENT_SIDE, port=53, records=records)]},
+            self.folder / "serve-censor.log")
+        self._servers.append(resolver)
+        self.ports.update(resolver.start())
+
+    def set_behaviour(self, server_id: str, behaviour: str) -> None:
+        for servers in self._servers:
+            if server_id in servers.ports:
+                servers.set_behaviour(server_id, behaviour)
+                return
+        raise KeyError(server_id)
+
+    def write_catalog(self, targets: Sequence[dict[str, Any]], *, platform: str = "lab",
+                      **settings: Any) -> Path:
+        """The catalog (JSON is YAML) with the lab's resolver, DoH, CA and short timeouts."""
+        features: dict[str, list[dict[str, Any]]] = {}
+        for t in targets:
+            entry = {k: v for k, v in t.items() if k != "feature"}
+            features.setdefault(t["feature"], []).append(entry)
+        lab_settings: dict[str, Any] = {"timeout": "1s", "attempts": 3,
+                                        "ca_file": str(self.ca_file), "control_sni": CONTROL_SNI}
+        if "resolver" in self.ports:
+            lab_settings["resolver"] = f"{CENSOR_CLIENT_SIDE}:{self.ports['resolver']}"
+            lab_settings["doh"] = f"https://{SERVER_IP}:{self.ports['doh']}/dns-query"
+        document = {
+            "version": 1,
+            "settings": {**lab_settings, **settings},
+            "controls": [{"url": f"tcp://{CONTROL_IP}:{self.ports['control']}",
+                          "name": "control"}],
+            "platforms": {platform: {"name": "Lab", "features": features}},
+        }
+        self.catalog = self.folder / "probes.yaml"
+        self.catalog.write_text(json.dumps(document, indent=2))
+        return self.catalog
+
+    def record_baseline(self) -> ProbeRun:
+        """The run with no rules at all: what every later run is judged against."""
+        assert self.catalog is not None
+        self.censor.clear()
+        self.baseline = run_probe(self.topology, self.catalog, output=self.baseline_file)
+        return self.baseline
+
+    def run(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
+            throttle: tuple[str, str] | None = None) -> ProbeRun:
+        """A run against the baseline with the given censor rules in force (cleared after)."""
+        assert self.catalog is not None and self.baseline is not None
+        try:
+            self.censor.apply(nft=nft, iptables=iptables, throttle=throttle)
+            self.rules = self.censor.listing()
+            return run_probe(self.topology, self.catalog, baseline=self.baseline_file)
+        finally:
+            self.censor.clear()
+
+    def close(self) -> None:
+        for servers in reversed(self._servers):
+            servers.stop()
+        self._servers.clear()
+
+
+MakeLab = Callable[..., Lab]  # the `make_lab` fixture: (servers, targets, records=, **settings)
+
+
+def expect(lab: Lab, run: ProbeRun, affected: dict[str, tuple[str, str]], *,
+           network: tuple[str, str] = ("ok", "ok")) -> None:
+    """Affected targets have exactly (status, reason); every target that was ok in the baseline
+    and is not affected is still ok; the network verdict is `network`."""
+    assert lab.baseline is not None
+    was_ok = {t["name"] for t in lab.baseline.result["targets"] if t["status"] == "ok"}
+    problems = []
+    seen = set()
+    for t in run.result["targets"]:
+        seen.add(t["name"])
+        got = (t["status"], t["reason"])
+        want = affected.get(t["name"])
+        if want is None and t["name"] in was_ok:
+            want = ("ok", "ok")
+        if want is not None and got != want:
+            problems.append(f"  {t['name']} {t['url']}: expected {want}, got {got}: {t['detail']}"
+                            f"\n      diagnosis: {t['observation'].get('diagnosis')}")
+    problems += [f"  {name}: not in the run" for name in affected if name not in seen]
+    net = run.result["network"]
+    if (net["status"], net["reason"]) != network:
+        problems.append(f"  network: expected {network}, got {(net['status'], net['reason'])}:"
+                        f" {net['detail']}")
+    assert not problems, ("the probe's verdicts differ from the scenario:\n" + "\n".join(problems)
+                          + f"\nrules:\n{getattr(lab, 'rules', '')}\nstderr:\n{run.stderr[-2000:]}")
+
+
+def expect_clean_baseline(lab: Lab) -> None:
+    """Every target and control works with no rules: otherwise no scenario means anything."""
+    assert lab.baseline is not None
+    bad = [f"  {t['name']} {t['url']}: {t['status']} {t['reason']}: {t['detail']}"
+           for t in lab.baseline.result["targets"] + lab.baseline.result["network"]["controls"]
+           if t["status"] != "ok"]
+    assert not bad, "the baseline (no rules) is not clean:\n" + "\n".join(bad) + (
+        f"\nstderr:\n{lab.baseline.stderr[-2000:]}")

@@ -1,0 +1,97 @@
+"""Runs the lab's mock servers inside a namespace until stdin closes: `serve.py SPEC_JSON`.
+
+SPEC_JSON: {"ca_file": path or null, "servers": [{"id", "kind", "host", "port", "behaviour",
+"name", "options"}]}. Each server is a probe.mock class (see SERVERS) bound to `host`. When every
+server is up, one line `{"ready": true, "ports": {id: port}}` goes to stdout (or `{"ready": false,
+"error": ...}`). Then each stdin line `{"id": ..., "behaviour": ...}` switches a running server's
+behaviour and is answered `{"ok": true}` or `{"ok": false, "error": ...}`. EOF or SIGTERM stops all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+# kind -> (module, class), as the mock modules spell them.
+SERVERS: dict[str, tuple[str, str]] = {
+    "tcp": ("probe.mock.tcp", "TCPServer"),
+    "tls": ("probe.mock.tls", "TLSServer"),
+    "https": ("probe.mock.tls", "HTTPSServer"),
+    "quic": ("probe.mock.quic", "QuicServer"),
+    "stun": ("probe.mock.stun", "StunServer"),
+    "dns": ("probe.mock.dns", "DnsServer"),
+    "doh": ("probe.mock.dns", "DohServer"),
+}
+
+
+def _say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _make(entry: dict[str, Any], ca: Any) -> Any:
+    module_name, class_name = SERVERS[entry["kind"]]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(entry.get("behaviour", "ok"), host=entry["host"], port=int(entry.get("port", 0)),
+               ca=ca, name=entry.get("name", "mock.test"), **entry.get("options", {}))
+
+
+async def serve(spec: dict[str, Any]) -> int:
+    from probe.mock.certs import TestCA
+
+    ca = TestCA("probe lab CA")
+    if spec.get("ca_file"):
+        ca.write_ca(Path(spec["ca_file"]))
+    running: dict[str, Any] = {}
+    try:
+        for entry in spec["servers"]:
+            server = _make(entry, ca)
+            await server.start()
+            running[entry["id"]] = server
+    except Exception as exc:  # report why, so the test's failure names the broken server
+        _say({"ready": False, "error": f"{entry.get('id')}: {type(exc).__name__}: {exc}"})
+        await _stop(running)
+        return 1
+    _say({"ready": True, "ports": {k: s.port for k, s in running.items()}})
+
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def commands() -> None:
+        while line := await reader.readline():
+            try:
+                command = json.loads(line)
+                server = running[command["id"]]
+                if command["behaviour"] not in server.BEHAVIOURS:
+                    raise ValueError(f"no behaviour {command['behaviour']!r}")
+                server.behaviour = command["behaviour"]
+                _say({"ok": True})
+            except (ValueError, KeyError) as exc:
+                _say({"ok": False, "error": repr(exc)})
+        done.set()
+
+    task = asyncio.create_task(commands())
+    await done.wait()
+    task.cancel()
+    await _stop(running)
+    return 0
+
+
+async def _stop(running: dict[str, Any]) -> None:
+    for server in reversed(list(running.values())):
+        try:
+            await server.stop()
+        except Exception:  # stopping the rest matters more than one server's complaint
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(serve(json.loads(sys.argv[1]))))
