@@ -195,7 +195,7 @@ class TLSServer:
                 leaf = self.ca.issue("wrong.invalid")
             else:
                 leaf = self.ca.issue(self.name, self.host)
-            context = _server_context(leaf, self.ALPN)
+            context = server_context(leaf, self.ALPN)
             self._contexts[kind] = context
         return context
 
@@ -257,7 +257,7 @@ class TLSServer:
             pass
 
 
-def _server_context(leaf: Leaf, alpn: tuple[str, ...]) -> ssl.SSLContext:
+def server_context(leaf: Leaf, alpn: tuple[str, ...]) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # load_cert_chain reads files only: write the pair to a private temporary folder.
     with tempfile.TemporaryDirectory() as folder:

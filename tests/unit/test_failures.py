@@ -1,0 +1,150 @@
+"""failures.classify_exception: every errno row, real TLS errors from in-memory handshakes, unknown."""
+
+from __future__ import annotations
+
+import errno
+import os
+import ssl
+
+import httpx
+import pytest
+
+from probe import failures as F
+from probe.classify import reason_of
+from probe.failures import ERRNO_FACTS, Failed, classify_exception
+from probe.mock.certs import TestCA
+from probe.mock.tls import server_context
+
+
+@pytest.mark.parametrize(("code", "fact"), sorted(ERRNO_FACTS.items()))
+def test_every_errno_in_the_table(code: int, fact: str) -> None:
+    failure, message = classify_exception(OSError(code, os.strerror(code)))
+    assert failure == fact
+    assert message  # the OS wording, for `detail`
+
+
+@pytest.mark.parametrize(("exc", "fact"), [
+    (Failed(F.STALL, "stalled after 16384 bytes"), F.STALL),
+    (TimeoutError(), F.TIMEOUT),
+    (ConnectionResetError(errno.ECONNRESET, "reset"), F.CONNECTION_RESET),
+    (ConnectionResetError("no errno"), F.CONNECTION_RESET),
+    (BrokenPipeError(), F.CONNECTION_RESET),
+    (ConnectionRefusedError("no errno"), F.CONNECTION_REFUSED),
+    (EOFError("client closed"), F.EOF_),
+    (ConnectionAbortedError(), F.EOF_),
+])
+def test_exception_types(exc: BaseException, fact: str) -> None:
+    assert classify_exception(exc)[0] == fact
+
+
+def test_failed_keeps_its_message() -> None:
+    assert classify_exception(Failed(F.STALL, "16 KiB then nothing")) == (F.STALL,
+                                                                          "16 KiB then nothing")
+
+
+def test_unknown_names_the_type() -> None:
+    failure, message = classify_exception(ValueError("odd"))
+    assert failure == F.UNKNOWN and message == "ValueError: odd"
+
+
+@pytest.mark.parametrize(("text", "fact"), [
+    ("peer closed connection without sending complete message body", F.EOF_),
+    ("Server disconnected without sending a response.", F.EOF_),
+    ("illegal status line: bytearray(b'garbage')", F.PROTOCOL_ERROR),
+])
+def test_httpx_remote_protocol_errors(text: str, fact: str) -> None:
+    assert classify_exception(httpx.RemoteProtocolError(text))[0] == fact
+
+
+# --- TLS: real exceptions from handshakes between memory BIOs -------------------------------
+
+
+def client_error(server: ssl.SSLContext | None, client: ssl.SSLContext, sni: str,
+                 reply: bytes | None = None) -> ssl.SSLError:
+    """The error a client handshake ends with, against `server` or a canned `reply` (then EOF)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    tls = client.wrap_bio(c_in, c_out, server_hostname=sni)
+    peer = server.wrap_bio(s_in, s_out, server_side=True) if server else None
+    for _ in range(10):
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            return exc
+        hello = c_out.read()
+        if peer is None:
+            c_in.write(reply or b"")
+            c_in.write_eof()
+            continue
+        s_in.write(hello)
+        try:
+            peer.do_handshake()
+        except ssl.SSLError:  # the server gives up too; its alert is in s_out
+            pass
+        c_in.write(s_out.read())
+    raise AssertionError("the handshake did not fail")
+
+
+@pytest.fixture(scope="module")
+def trusting_client(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, ssl.SSLContext]:
+    ca = TestCA()
+    context = ssl.create_default_context(
+        cafile=str(ca.write_ca(tmp_path_factory.mktemp("ca") / "ca.pem")))
+    return ca, context
+
+
+def test_tls_untrusted_chain(trusting_client: tuple[TestCA, ssl.SSLContext]) -> None:
+    _, client = trusting_client
+    other = server_context(TestCA("interceptor").issue("mock.test"), ())
+    exc = client_error(other, client, "mock.test")
+    assert isinstance(exc, ssl.SSLCertVerificationError)
+    assert classify_exception(exc)[0] == F.UNTRUSTED_CERTIFICATE
+
+
+def test_tls_hostname_mismatch(trusting_client: tuple[TestCA, ssl.SSLContext]) -> None:
+    ca, client = trusting_client
+    exc = client_error(server_context(ca.issue("other.test"), ()), client, "mock.test")
+    assert classify_exception(exc)[0] == F.HOSTNAME_MISMATCH
+
+
+def test_tls_alert_from_the_peer(trusting_client: tuple[TestCA, ssl.SSLContext]) -> None:
+    _, client = trusting_client
+    alert = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])  # fatal handshake_failure
+    assert classify_exception(client_error(None, client, "mock.test", alert))[0] == F.TLS_ALERT
+
+
+def test_tls_eof_during_handshake(trusting_client: tuple[TestCA, ssl.SSLContext]) -> None:
+    _, client = trusting_client
+    assert classify_exception(client_error(None, client, "mock.test"))[0] == F.EOF_
+
+
+def test_tls_garbage_is_a_protocol_error(trusting_client: tuple[TestCA, ssl.SSLContext]) -> None:
+    _, client = trusting_client
+    exc = client_error(None, client, "mock.test", b"HTTP/1.1 403 Forbidden\r\n\r\n")
+    assert classify_exception(exc)[0] == F.PROTOCOL_ERROR
+
+
+# --- and each fact of these layers leads to the code CONTRACT.md §4 gives it -------------------
+
+
+@pytest.mark.parametrize(("layer", "fact", "code"), [
+    ("tcp", F.TIMEOUT, "tcp.timeout"),
+    ("tcp", F.CONNECTION_REFUSED, "tcp.reset"),
+    ("tcp", F.CONNECTION_RESET, "tcp.reset"),
+    ("tcp", F.HOST_UNREACHABLE, "tcp.unreachable"),
+    ("tcp", F.NETWORK_UNREACHABLE, "tcp.unreachable"),
+    ("tls", F.TIMEOUT, "tls.timeout"),
+    ("tls", F.CONNECTION_RESET, "tls.reset"),
+    ("tls", F.EOF_, "tls.eof"),
+    ("tls", F.UNTRUSTED_CERTIFICATE, "tls.untrusted"),
+    ("tls", F.HOSTNAME_MISMATCH, "tls.hostname"),
+    ("tls", F.TLS_ALERT, "tls.alert"),
+    ("http", F.TIMEOUT, "http.timeout"),
+    ("http", F.CONNECTION_RESET, "http.reset"),
+    ("http", F.EOF_, "http.reset"),
+    ("http", F.HTTP_STATUS, "http.status"),
+    ("http", F.STALL, "http.stall"),
+])
+def test_reason_codes(layer: str, fact: str, code: str) -> None:
+    assert reason_of(layer, fact) == code
