@@ -49,7 +49,8 @@ def sh(argv: Sequence[str], *, ns: str | None = None, check: bool = True,
        stdin: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run a command (inside namespace `ns` when given) and return it; raise LabError on failure."""
     full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
-    done = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=timeout,
+                          check=False)
     if check and done.returncode != 0:
         raise LabError(f"{' '.join(full)} -> {done.returncode}: {done.stderr.strip()}")
     return done
@@ -288,7 +289,7 @@ def run_probe(topology: Topology, catalog: Path, *, baseline: Path | None = None
         argv += ["-b", str(baseline)]
     start = time.monotonic()
     done = subprocess.run(["ip", "netns", "exec", topology.client, *argv], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=_env())
+                          text=True, timeout=timeout, cwd=REPO, env=_env(), check=False)
     seconds = time.monotonic() - start
     try:
         result = json.loads(done.stdout)

@@ -53,7 +53,7 @@ async def serve(spec: dict[str, Any]) -> int:
             server = _make(entry, ca)
             await server.start()
             running[entry["id"]] = server
-    except Exception as exc:  # report why, so the test's failure names the broken server
+    except Exception as exc:  # noqa: BLE001 - report why: the failure names the server
         _say({"ready": False, "error": f"{entry.get('id')}: {type(exc).__name__}: {exc}"})
         await _stop(running)
         return 1
@@ -89,8 +89,8 @@ async def _stop(running: dict[str, Any]) -> None:
     for server in reversed(list(running.values())):
         try:
             await server.stop()
-        except Exception:  # stopping the rest matters more than one server's complaint
-            pass
+        except Exception as exc:  # noqa: BLE001 - stopping the rest matters more
+            sys.stderr.write(f"stopping {type(server).__name__}: {exc!r}\n")
 
 
 if __name__ == "__main__":
