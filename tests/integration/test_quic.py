@@ -217,30 +217,38 @@ def test_version_ping_answered_by_a_real_server(ca: TestCA) -> None:
     asyncio.run(main())
 
 
-def test_named_target_resolves_and_several_samples(ca: TestCA, ca_file: str) -> None:
-    # A name (no address:) goes through the dns layer; "localhost" resolves without a network.
+def test_named_target_through_the_resolver(ca: TestCA, ca_file: str) -> None:
+    # A name (no address:) goes through the dns layer, here a mock resolver on loopback; the
+    # diagnosis pings the address the samples resolved.
     async def main() -> None:
-        server = QuicServer("ok", ca=ca, name="localhost")
+        from probe.mock.dns import DnsServer
+
+        resolver = DnsServer("ok", records={NAME: ["127.0.0.1"]})
+        await resolver.start()
+        server = QuicServer("ok", ca=ca, name=NAME)
         await server.start()
         try:
             loaded = catalog.loads(f"""
 version: 1
-settings: {{timeout: 3s, attempts: 3, ca_file: "{ca_file}"}}
+settings: {{timeout: 1s, attempts: 2, ca_file: "{ca_file}", resolver: "127.0.0.1:{resolver.port}"}}
 platforms:
   p:
     features:
-      f: ["quic://localhost:{server.port}"]
+      f: ["quic://{NAME}:{server.port}"]
 """)
             job = next(loaded.jobs())
             ctx = Context(settings=loaded.settings)
             observation = await engine.measure(job, ctx)
+            assert [s.phases["quic"].ok for s in observation.samples] == [True, True]
+            assert all("dns" in s.phases for s in observation.samples)
+            server.behaviour = "vn_only"
+            observation = await engine.measure(job, ctx)
+            await ctx.aclose()
         finally:
             await server.stop()
-        if any(s.phases.get("dns") and "::1" in str(s.phases["dns"].get("answers"))
-               for s in observation.samples):
-            pytest.skip("localhost resolves to ::1 first here; the mock listens on 127.0.0.1")
-        assert [s.ok for s in observation.samples] == [True, True, True]
-        assert all("dns" in s.phases for s in observation.samples)
+            await resolver.stop()
+        assert [s.phases["quic"].failure for s in observation.samples] == ["timeout", "timeout"]
+        assert observation.diagnosis["version_negotiation"].ok is True
 
     asyncio.run(main())
 
