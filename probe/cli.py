@@ -118,6 +118,13 @@ def run(
     include_ip: Annotated[
         bool, typer.Option("--include-ip", help="Keep addresses that could identify you.")
     ] = False,
+    repeat: Annotated[
+        Optional[int], typer.Option("--repeat", help="Run N times, each kept in the history.", min=1)
+    ] = None,
+    every: Annotated[str, typer.Option("--every", help="With --repeat: time between runs.")] = "5m",
+    db: Annotated[
+        Optional[Path], typer.Option("--db", help="Append the run(s) to this history database.")
+    ] = None,
 ) -> None:
     """Measure every target of the catalog, judge it, and report."""
     from probe import session
@@ -136,11 +143,20 @@ def run(
         unknown = only_ids - set(loaded.catalog.platforms)
         if unknown:
             fail(f"--only: no platform {', '.join(sorted(unknown))} in {loaded.path}")
+    if repeat is not None:
+        if output is not None:
+            fail("-o keeps one run; with --repeat every run goes to the history (see --db)")
+        raise typer.Exit(run_repeated(
+            loaded, repeat=repeat, every=every, db=db, fmt=fmt, fail_on=fail_on, base=base,
+            baseline_path=str(baseline) if baseline else None, only=only_ids,
+            include_ip=include_ip))
     result, signum = session.run_once(
         loaded, only=only_ids, baseline=base, baseline_path=str(baseline) if baseline else None,
         output=output, include_ip=include_ip,
     )
     sys.stdout.write(render_for_terminal(result, fmt, base))
+    if db is not None:
+        record_or_fail(db, result)
     if signum:
         raise typer.Exit(EXIT_SIGNAL.get(signum, 130))
     raise typer.Exit(exit_code(result, fail_on))
@@ -277,6 +293,207 @@ def mock(
     if listen:
         chosen = chosen.model_copy(update={"listen": listen})
     raise typer.Exit(mock_world.serve_forever(chosen, catalog_out, folder))
+
+
+# --- repeated runs, history and metrics: thin wrappers over schedule, history and serve ------
+
+DbOpt = Annotated[
+    Optional[Path], typer.Option("--db", help="History database (default: the per-user one).")
+]
+EveryOpt = Annotated[str, typer.Option("--every", help="Time between run starts: 30s, 5m, 1h.")]
+OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="Comma-separated platform ids.")]
+TimeoutOpt = Annotated[Optional[str], typer.Option(help="Per-operation timeout, e.g. 3s.")]
+AttemptsOpt = Annotated[Optional[int], typer.Option(help="Samples per target.", min=1)]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="Targets in flight.", min=1)]
+IncludeIpOpt = Annotated[
+    bool, typer.Option("--include-ip", help="Keep addresses that could identify you.")
+]
+
+
+def interval_or_fail(text: str) -> float:
+    from probe.schedule import parse_interval
+
+    try:
+        return parse_interval(text)
+    except ValueError as exc:
+        fail(f"--every: {exc}")
+
+
+def db_path(db: Path | None) -> str:
+    from probe.history import default_db_path
+
+    return str(db or default_db_path())
+
+
+def only_or_fail(only: str | None, loaded: LoadedCatalog) -> set[str] | None:
+    ids = {p.strip() for p in only.split(",") if p.strip()} if only else None
+    unknown = (ids or set()) - set(loaded.catalog.platforms)
+    if unknown:
+        fail(f"--only: no platform {', '.join(sorted(unknown))} in {loaded.path}")
+    return ids
+
+
+def record_or_fail(db: Path, result: Run) -> None:
+    from probe.history import HistoryError, record_to
+
+    try:
+        run_id = record_to(db, result)
+    except HistoryError as exc:
+        fail(str(exc))
+    sys.stderr.write(f"probe: recorded as run {run_id} in {db}\n")
+
+
+def run_repeated(
+    loaded: LoadedCatalog, *, repeat: int | None, every: str, db: Path | None, fmt: str,
+    fail_on: str, base: Run | None, baseline_path: str | None, only: set[str] | None,
+    include_ip: bool, watching: bool = False,
+) -> int:
+    """Runs every interval, each appended to the history: `run --repeat N` renders each run,
+    `watch` prints a line per run and what changed since the one before."""
+    from probe import schedule, session
+    from probe.history import HistoryError
+
+    seconds = interval_or_fail(every)
+    path = db_path(db)
+
+    def report(result: Run, run_id: int | None, previous: Run | None) -> None:
+        if watching:
+            lines = [schedule.summary(result, run_id)]
+            lines += [f"  {line}" for line in schedule.changes(result, previous)]
+            sys.stdout.write("\n".join(lines) + "\n")
+        else:
+            sys.stdout.write(render_for_terminal(result, fmt, base))
+            sys.stderr.write(f"probe: {schedule.summary(result, run_id)}\n")
+        sys.stdout.flush()
+
+    if watching:
+        sys.stderr.write(f"probe: a run every {every}, recorded in {path}; Ctrl-C stops\n")
+    try:
+        last, signum = schedule.watch(
+            loaded, db=path, every=seconds, count=repeat, report=report,
+            warn=lambda m: sys.stderr.write(f"probe: warning: {m}\n"), only=only,
+            baseline=base, baseline_path=baseline_path, include_ip=include_ip,
+            concurrency=session.usable_concurrency(loaded.settings.concurrency)[0])
+    except HistoryError as exc:
+        fail(str(exc))
+    if signum:
+        return EXIT_SIGNAL.get(signum, 130)
+    return exit_code(last, fail_on) if last is not None else EXIT_OK
+
+
+@app.command()
+def watch(
+    catalog: CatalogOpt = None,
+    every: EveryOpt = "5m",
+    db: DbOpt = None,
+    only: OnlyOpt = None,
+    profile: ProfileOpt = None,
+    timeout: TimeoutOpt = None,
+    attempts: AttemptsOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    include_ip: IncludeIpOpt = False,
+) -> None:
+    """Run the catalog every interval until stopped; record each run; print what changed."""
+    from probe import session
+
+    loaded = session.override_settings(load_catalog(catalog, profile), timeout=timeout,
+                                       attempts=attempts, concurrency=concurrency, fail=fail)
+    raise typer.Exit(run_repeated(
+        loaded, repeat=None, every=every, db=db, fmt="table", fail_on="never", base=None,
+        baseline_path=None, only=only_or_fail(only, loaded), include_ip=include_ip,
+        watching=True))
+
+
+@app.command("history")
+def history_command(
+    db: DbOpt = None,
+    platform: Annotated[Optional[str], typer.Option("--platform", help="Only this platform.")] = None,
+    feature: Annotated[Optional[str], typer.Option("--feature", help="Only this feature.")] = None,
+    since: Annotated[
+        Optional[str], typer.Option("--since", help="Runs since: 24h, 7d, or a date/time (UTC).")
+    ] = None,
+    last: Annotated[Optional[int], typer.Option("--last", help="Only the last N runs.", min=1)] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | jsonl")] = "table",
+) -> None:
+    """Recorded runs over time: a timeline per feature and target, or a row per target per run."""
+    from probe import history as store
+
+    if fmt not in ("table", "csv", "jsonl"):
+        fail("history --format takes table, csv or jsonl")
+    try:
+        cutoff = store.parse_since(since) if since else None
+        connection = store.connect(db_path(db), create=False)
+        try:
+            found = store.query(connection, platform=platform, feature=feature, since=cutoff,
+                                last=last)
+        finally:
+            connection.close()
+    except store.HistoryError as exc:
+        fail(str(exc))
+    if fmt == "csv":
+        sys.stdout.write(store.to_csv(found.rows))
+    elif fmt == "jsonl":
+        sys.stdout.write(store.to_jsonl(found.rows))
+    else:
+        tty = sys.stdout.isatty()
+        width = max(100, typer.get_terminal_size()[0]) if tty else 160
+        sys.stdout.write(store.render_timeline(found, width=width, color=tty))
+
+
+@app.command("serve")
+def serve_command(
+    catalog: CatalogOpt = None,
+    listen: Annotated[
+        str, typer.Option("--listen", help="Where to serve /metrics (loopback unless told).")
+    ] = "127.0.0.1:9464",
+    every: EveryOpt = "5m",
+    db: Annotated[
+        Optional[Path], typer.Option("--db", help="Also append each run to this history.")
+    ] = None,
+    only: OnlyOpt = None,
+    profile: ProfileOpt = None,
+    timeout: TimeoutOpt = None,
+    attempts: AttemptsOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    include_ip: IncludeIpOpt = False,
+) -> None:
+    """Run the catalog every interval and expose the verdicts as Prometheus metrics."""
+    import asyncio
+
+    from probe import serve, session
+
+    seconds = interval_or_fail(every)
+    try:
+        host, port = serve.parse_listen(listen)
+    except ValueError as exc:
+        fail(str(exc))
+    loaded = session.override_settings(load_catalog(catalog, profile), timeout=timeout,
+                                       attempts=attempts, concurrency=concurrency, fail=fail)
+    only_ids = only_or_fail(only, loaded)
+    if db is not None:
+        from probe.history import HistoryError, connect
+
+        try:
+            connect(db).close()
+        except HistoryError as exc:
+            fail(str(exc))
+    warning = serve.bind_warning(host)
+    if warning:
+        serve.warn(warning)
+
+    def listening(address: tuple[str, int]) -> None:
+        shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+        sys.stderr.write(f"probe: serving http://{shown}:{address[1]}/metrics, "
+                         f"a run every {every}; Ctrl-C stops\n")
+
+    try:
+        _, signum = asyncio.run(serve.serve(
+            loaded, host=host, port=port, every=seconds, db=str(db) if db else None,
+            on_listening=listening, only=only_ids, include_ip=include_ip,
+            concurrency=session.usable_concurrency(loaded.settings.concurrency)[0]))
+    except OSError as exc:
+        fail(f"--listen {listen}: {exc.strerror or exc}")
+    raise typer.Exit(EXIT_SIGNAL.get(signum, 130) if signum else EXIT_OK)
 
 
 def main() -> None:

@@ -164,8 +164,10 @@ def metrics_of(target: TargetResult) -> tuple[float | None, float | None, float 
                 lo = s - received
             sent += s
             lost += lo
-    loss = lost / sent if sent else None
-    return _median(rtts), _median(rates), loss
+    loss = round(lost / sent, 4) if sent else None
+    rtt, rate = _median(rtts), _median(rates)
+    # rounded to what the clocks can tell (µs, bit/s): CSV cells stay readable
+    return (None if rtt is None else round(rtt, 3)), (None if rate is None else round(rate)), loss
 
 
 # --- opening -------------------------------------------------------------------------------
@@ -548,7 +550,7 @@ def render_timeline(history: History, *, width: int = 120, color: bool = False) 
                 latest = next((v for v in reversed(series) if v is not None), None)
                 if latest is None:
                     return line
-                shown = {"ms": f"{latest:.1f} ms" if latest < 10 else f"{latest:.0f} ms", "rate": _rate(latest),
+                shown = {"ms": f"{latest:.2g} ms" if latest < 10 else f"{latest:.0f} ms", "rate": _rate(latest),
                          "pct": f"{latest:.0%}"}[fmt]
                 return f"{line} {shown}"
 

@@ -134,3 +134,83 @@ def run_repeatedly(
         return done, stopper.signum
 
     return asyncio.run(main())
+
+
+# --- what `probe watch` and `probe run --repeat` do around the loop ------------------------
+
+Report = Callable[[Run, int | None, Run | None], None]  # run, its history id, the one before
+
+
+def _key(t: Any) -> tuple[str | None, str | None, str, str | None]:
+    return t.platform, t.feature, t.url, t.name
+
+
+def _verdict(status: str, reason: str) -> str:
+    return status if status == "ok" else f"{status} {reason}"
+
+
+def changes(run: Run, previous: Run | None) -> list[str]:
+    """A line per target whose verdict differs from the previous run (the first run: every
+    target that is not ok), controls included."""
+    before = {} if previous is None else {
+        _key(t): t for t in [*previous.network.controls, *previous.targets]}
+    lines = []
+    for t in [*run.network.controls, *run.targets]:
+        where = "control" if t.platform is None else f"{t.platform}/{t.feature}"
+        label = f"{where} {t.name or t.url}"
+        old = before.get(_key(t))
+        if previous is None:
+            if t.status != "ok":
+                lines.append(f"{label}: {_verdict(t.status, t.reason)}")
+        elif old is None:
+            lines.append(f"{label}: new, {_verdict(t.status, t.reason)}")
+        elif (old.status, old.reason) != (t.status, t.reason):
+            lines.append(f"{label}: {_verdict(old.status, old.reason)} → "
+                         f"{_verdict(t.status, t.reason)}")
+    return lines
+
+
+def summary(run: Run, run_id: int | None) -> str:
+    """One line for a finished run: when, how many targets in each status, how long."""
+    counts = {s: sum(1 for t in run.targets if t.status == s)
+              for s in ("ok", "degraded", "blocked", "inconclusive")}
+    shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no targets"
+    ident = f"run {run_id}" if run_id is not None else "run (not recorded)"
+    extra = " (interrupted)" if run.interrupted else ""
+    if run.network.status != "ok":
+        extra += f" network {run.network.reason}"
+    return f"{run.started_at[:19].replace('T', ' ')} {ident}: {shown}{extra}"
+
+
+def watch(
+    loaded: LoadedCatalog,
+    *,
+    db: str,
+    every: float,
+    count: int | None,
+    report: Report,
+    warn: Callable[[str], None],
+    **runner: Any,
+) -> tuple[Run | None, int | None]:
+    """Run repeatedly, appending each run to the history at `db`; (last run, stopping signal).
+
+    A run that cannot be recorded (the store stayed busy) is reported through `warn` and the
+    loop goes on: a watcher that stopped for a locked file would lose every run after it.
+    """
+    from probe import history
+
+    history.connect(db).close()  # an unusable store fails here, before the first run
+    last: list[Run] = []
+
+    async def on_run(run: Run) -> None:
+        run_id: int | None = None
+        try:
+            run_id = await asyncio.to_thread(history.record_to, db, run)
+        except history.HistoryError as exc:
+            warn(f"run not recorded: {exc}")
+        report(run, run_id, last[-1] if last else None)
+        last.append(run)
+        del last[:-1]
+
+    _, signum = run_repeatedly(loaded, on_run, every=every, count=count, **runner)
+    return (last[-1] if last else None), signum
