@@ -41,7 +41,7 @@ def kernel_rtt_ms(sock: socket.socket) -> float | None:
         return None
     if len(info) < _TCPI_RTT_OFFSET + 4:
         return None
-    (rtt_us,) = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)
+    rtt_us: int = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)[0]
     return round(rtt_us / 1000, 3)
 
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import Any
+from typing import Any, Self
 
 from probe.mock.certs import TestCA
 
@@ -70,14 +70,12 @@ class TCPServer:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.bind((self.host, self.port))  # bound, never listening: SYN -> RST
             self._socket = sock
+            self.port = sock.getsockname()[1]
         elif self.behaviour == "silent":
             await self._start_silent(family)
         else:
             self._server = await asyncio.start_server(self._connection, self.host, self.port)
-            sock = self._server.sockets[0]
-            self.port = sock.getsockname()[1]
-            return
-        self.port = self._socket.getsockname()[1]
+            self.port = self._server.sockets[0].getsockname()[1]
 
     async def _start_silent(self, family: int) -> None:
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -85,6 +83,7 @@ class TCPServer:
         listener.listen(0)  # the smallest queue Linux allows: one connection
         self._socket = listener
         address = listener.getsockname()[:2]
+        self.port = address[1]
         loop = asyncio.get_running_loop()
         for _ in range(_MAX_FILLERS):
             filler = socket.socket(family, socket.SOCK_STREAM)
@@ -103,17 +102,18 @@ class TCPServer:
         self._writers.add(writer)
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)  # type: ignore[arg-type]
+            self._tasks.add(task)
         try:
             while data := await reader.read(65536):
                 if self.behaviour == "echo":
                     writer.write(data)
                     await writer.drain()
-        except (Exception, asyncio.CancelledError):  # a hostile client must not take us down;
-            pass  # and a handler cancelled by stop() just ends
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - a hostile
+            pass  # client must not take the server down; a handler cancelled by stop() just ends
         finally:
             self._writers.discard(writer)
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
 
     async def stop(self) -> None:
@@ -134,7 +134,7 @@ class TCPServer:
             self._socket.close()
             self._socket = None
 
-    async def __aenter__(self) -> TCPServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -32,7 +32,7 @@ import ssl
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from probe.mock.certs import Leaf, TestCA
 
@@ -213,7 +213,7 @@ class TLSServer:
         await self._server.wait_closed()
         self._server = None
 
-    async def __aenter__(self) -> TLSServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -224,7 +224,7 @@ class TLSServer:
         self._writers.add(writer)
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)  # type: ignore[arg-type]
+            self._tasks.add(task)
         try:
             hello = await read_record(reader)
             sni = parse_sni(hello)
@@ -244,11 +244,12 @@ class TLSServer:
                 tls = ServerTLS(reader, writer, self._context(kind), hello)
                 await tls.handshake()
                 await self.serve(tls, behaviour)
-        except (Exception, asyncio.CancelledError):  # a hostile client must not take us down;
-            pass  # and a handler cancelled by stop() just ends
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - a hostile
+            pass  # client must not take the server down; a handler cancelled by stop() just ends
         finally:
             self._writers.discard(writer)
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
 
     async def serve(self, tls: ServerTLS, behaviour: str) -> None:
