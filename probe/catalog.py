@@ -1,20 +1,25 @@
-"""The catalog (probes.yaml): typed models, and loading with file:line:col errors.
+"""The catalog (probes.yaml): typed models, loading with file:line:col errors, country profiles.
 
-Strategy: ruamel.yaml parses the file keeping each node's position; the document is validated
-by pydantic as a whole, and every validation error is mapped back to the position of the node
-(or key) it names. So one pass reports every problem, each where the user can find it.
+Strategy: `yamlpos` parses the file keeping each node's position and the comment beside each
+list item; the document is validated by pydantic as a whole, and every validation error is
+mapped back to the position of the node (or key) it names. So one pass reports every problem,
+each where the user can find it. Checks that need another field (does `sni` fit this scheme?)
+are field validators reading the already validated `url`, so they too are located at the field.
+A profile (`--profile ru`) is a small overlay file validated the same way and merged in.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
+import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -22,7 +27,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StringConstraints,
     ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -31,44 +39,61 @@ from probe.errors import CatalogError, CatalogProblem
 
 SCHEMES = ("dns", "tcp", "tls", "https", "quic", "stun", "turn")
 DEFAULT_PORTS = {"tls": 443, "https": 443, "quic": 443, "stun": 3478, "turn": 3478}
+M = TypeVar("M", bound=BaseModel)
 PLATFORM_ID = re.compile(r"^[a-z0-9_-]+$")
+TLS_SCHEMES = ("tls", "https", "quic")  # the schemes that do a TLS handshake
+UDP_SCHEMES = ("quic", "stun", "turn")
+MAX_DURATION = 86_400.0  # a day: anything longer is a typo, and overflows some timers
+_SPACE = re.compile(r"\s")
+_HOSTNAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?$")
 
 
 # --- units ---------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit/s|kbit/s|Mbit/s|Gbit/s)\s*$")
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_DURATION_RE = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$"
+_RATE_RE = r"^\s*(\d+(?:\.\d+)?)\s*(bit/s|kbit/s|Mbit/s|Gbit/s)\s*$"
+_PERCENT_RE = r"^\s*(\d+(?:\.\d+)?)\s*%\s*$"
+_DURATION = re.compile(_DURATION_RE)
+_RATE = re.compile(_RATE_RE)
+_PERCENT = re.compile(_PERCENT_RE)
+
+
+def _number(value: Any, what: str) -> float | None:
+    """A bare YAML number as a float (None for a string); refuses booleans, inf and nan."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a {what}: {value!r}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a {what}: {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a {what}: {value!r}")
+    return None
 
 
 def parse_duration(value: Any) -> float:
     """'5s', '300ms', '2m' or a bare number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
+    seconds = _number(value, "duration")
+    if seconds is None:
+        m = _DURATION.match(value)
         if not m:
             raise ValueError(f"bad duration {value!r} (use e.g. 300ms, 5s, 2m)")
         seconds = float(m[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m[2]]
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration too long: {value!r} (at most a day)")
     return seconds
 
 
 def parse_rate(value: Any) -> float:
     """'1Mbit/s', '128kbit/s' or a bare number of bits per second -> bits per second."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a rate: {value!r}")
-    if isinstance(value, int | float):
-        rate = float(value)
-    else:
-        m = _RATE.match(str(value))
+    rate = _number(value, "rate")
+    if rate is None:
+        m = _RATE.match(value)
         if not m:
             raise ValueError(f"bad rate {value!r} (use e.g. 128kbit/s, 1Mbit/s)")
-        scale = {"bit/s": 1.0, "kbit/s": 1e3, "Mbit/s": 1e6, "Gbit/s": 1e9}[m[2]]
-        rate = float(m[1]) * scale
+        rate = float(m[1]) * {"bit/s": 1.0, "kbit/s": 1e3, "Mbit/s": 1e6, "Gbit/s": 1e9}[m[2]]
     if rate <= 0:
         raise ValueError(f"rate must be positive, got {value!r}")
     return rate
@@ -76,12 +101,9 @@ def parse_rate(value: Any) -> float:
 
 def parse_percent(value: Any) -> float:
     """'10%' or a fraction between 0 and 1 -> a fraction."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a percentage: {value!r}")
-    if isinstance(value, int | float):
-        fraction = float(value)
-    else:
-        m = _PERCENT.match(str(value))
+    fraction = _number(value, "percentage")
+    if fraction is None:
+        m = _PERCENT.match(value)
         if not m:
             raise ValueError(f"bad percentage {value!r} (use e.g. 10%)")
         fraction = float(m[1]) / 100
@@ -90,48 +112,26 @@ def parse_percent(value: Any) -> float:
     return fraction
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Rate = Annotated[float, BeforeValidator(parse_rate)]
-Percent = Annotated[float, BeforeValidator(parse_percent)]
+def _unit_schema(pattern: str, description: str) -> WithJsonSchema:
+    return WithJsonSchema({
+        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": pattern}],
+        "description": description,
+    })
 
 
-# --- models --------------------------------------------------------------------------------
+Duration = Annotated[float, BeforeValidator(parse_duration),
+                     _unit_schema(_DURATION_RE, "seconds, or a string like 300ms, 5s, 2m")]
+Rate = Annotated[float, BeforeValidator(parse_rate),
+                 _unit_schema(_RATE_RE, "bits per second, or a string like 128kbit/s, 1Mbit/s")]
+Percent = Annotated[float, BeforeValidator(parse_percent), WithJsonSchema({
+    "anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
+              {"type": "string", "pattern": _PERCENT_RE}],
+    "description": "a fraction 0..1, or a string like 10%",
+})]
+Id = Annotated[str, StringConstraints(pattern=PLATFORM_ID.pattern)]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Expect(Strict):
-    """Thresholds for 'degraded' when no baseline says otherwise (seconds, bit/s, fraction)."""
-
-    max_rtt: Duration | None = None
-    min_throughput: Rate | None = None
-    max_loss: Percent | None = None
-
-
-class Settings(Strict):
-    timeout: Duration = 5.0
-    attempts: int = Field(3, ge=1, le=1000)
-    concurrency: int = Field(64, ge=1, le=100_000)
-    resolver: str = "system"
-    doh: str | None = None
-    ca_file: str | None = None
-    control_sni: str | None = None
-
-    @field_validator("resolver")
-    @classmethod
-    def _resolver(cls, value: str) -> str:
-        if value != "system":
-            split_host_port(value, 53)
-        return value
-
-    @field_validator("doh")
-    @classmethod
-    def _doh(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("https://"):
-            raise ValueError(f"doh must be an https:// URL, got {value!r}")
-        return value
+# --- endpoints -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -157,11 +157,24 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
+def check_hostname(host: str) -> str:
+    """A DNS name as sent on the wire (IDNA for non-ASCII); raises ValueError if it is not one."""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"bad host name {host!r}") from None
+    if len(host) > 253 or not _HOSTNAME.match(host.lower()):
+        raise ValueError(f"bad host name {host!r}")
+    return host.lower()
+
+
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     """'1.2.3.4', '1.2.3.4:5353', '[::1]:53' or '::1' -> (host, port)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
+        port = int(rest[1:]) if rest[1:].isdigit() and rest.startswith(":") else (
+            default_port if not rest else -1)
     elif text.count(":") == 1:
         host, _, p = text.partition(":")
         port = int(p) if p.isdigit() else -1
@@ -176,33 +189,51 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
 
 def parse_endpoint(url: str) -> Endpoint:
     """Split and check a target URL; raises ValueError with a message for the user."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    if not isinstance(url, str):
+        raise ValueError(f"not a target URL: {url!r} (expected scheme://host[:port])")
+    return _parse_endpoint(url)
+
+
+@functools.lru_cache(maxsize=4096)  # each target's URL is checked twice while validating
+def _parse_endpoint(url: str) -> Endpoint:
     if "://" not in url:
         raise ValueError(f"not a target URL: {url!r} (expected scheme://host[:port])")
+    scheme_text = url.partition("://")[0]
+    scheme = scheme_text.lower()
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {parts.scheme!r} (one of {', '.join(SCHEMES)})")
+        raise ValueError(f"unknown scheme {scheme_text!r} (one of {', '.join(SCHEMES)})")
+    if _SPACE.search(url):
+        raise ValueError(f"spaces in target URL {url!r}")
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)  # raises ValueError itself for a broken [IPv6] literal
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("user names and passwords do not belong in a target URL")
     host = parts.hostname
     if not host:
         raise ValueError(f"no host in {url!r}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"port out of range in {url!r}") from None
+        raise ValueError(f"port out of range (1-65535) in {url!r}") from None
     if port == 0:
-        raise ValueError(f"port out of range in {url!r}")
+        raise ValueError(f"port out of range (1-65535) in {url!r}")
+    if not is_ip_literal(host):
+        host = check_hostname(host)
     if scheme == "dns" and port is not None:
         raise ValueError("dns:// targets take no port")
     if scheme == "tcp" and port is None:
         raise ValueError(f"tcp:// targets need a port: {url!r}")
     if port is None:
         port = DEFAULT_PORTS.get(scheme)
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     if scheme == "turn":
         transport = query.setdefault("transport", "udp")
         if transport not in ("udp", "tcp"):
             raise ValueError(f"turn transport must be udp or tcp, got {transport!r}")
         unknown = set(query) - {"transport"}
+    elif scheme == "https":
+        unknown = set()  # an https query is part of the request
     else:
         unknown = set(query)
     if unknown:
@@ -212,10 +243,78 @@ def parse_endpoint(url: str) -> Endpoint:
     return Endpoint(scheme, host.lower(), port, parts.path or "/", query)
 
 
+# --- models --------------------------------------------------------------------------------
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class Expect(Strict):
+    """Thresholds for 'degraded' when no baseline says otherwise (seconds, bit/s, fraction)."""
+
+    max_rtt: Duration | None = None
+    min_throughput: Rate | None = None
+    max_loss: Percent | None = None
+
+
+def _ca_path(value: str | None, info: ValidationInfo) -> str | None:
+    """Make a CA file path absolute against the catalog's directory, and check it exists."""
+    base = (info.context or {}).get("base_dir")
+    if value is None or base is None:
+        return value
+    path = Path(base, value).resolve()
+    if not path.is_file():
+        raise ValueError(f"CA file not found: {value!r} (looked at {path})")
+    return str(path)
+
+
+class Settings(Strict):
+    timeout: Duration = 5.0
+    attempts: int = Field(3, ge=1, le=1000)
+    concurrency: int = Field(64, ge=1, le=100_000)
+    resolver: str = "system"
+    doh: str | None = None
+    ca_file: str | None = None
+    control_sni: str | None = None
+
+    @field_validator("resolver")
+    @classmethod
+    def _resolver(cls, value: str) -> str:
+        if value != "system":
+            split_host_port(value, 53)
+        return value
+
+    @field_validator("doh")
+    @classmethod
+    def _doh(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.startswith("https://"):
+                raise ValueError(f"doh must be an https:// URL, got {value!r}")
+            parse_endpoint(value)
+        return value
+
+    @field_validator("control_sni")
+    @classmethod
+    def _control_sni(cls, value: str | None) -> str | None:
+        return None if value is None else check_hostname(value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _ca_path(value, info)
+
+
+def _scheme(info: ValidationInfo) -> str | None:
+    """The scheme of the target being validated, when its url was valid."""
+    url = info.data.get("url")
+    return url.partition("://")[0].lower() if url else None
+
+
 class Target(Strict):
     """One endpoint to test; a bare URL string in the catalog is `{url: ...}`."""
 
-    url: str
+    url: str = Field(description="scheme://host[:port][/path]; the scheme names the deepest layer")
     name: str | None = None
     sni: str | None = None
     address: str | None = None
@@ -241,19 +340,56 @@ class Target(Strict):
 
     @field_validator("address")
     @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        if value is not None and not is_ip_literal(value):
+    def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not is_ip_literal(value):
             raise ValueError(f"address must be an IP address, got {value!r}")
+        if _scheme(info) == "dns":
+            raise ValueError("address does not apply to dns:// targets (they only resolve)")
+        return value
+
+    @field_validator("sni", "alpn")
+    @classmethod
+    def _tls_only(cls, value: Any, info: ValidationInfo) -> Any:
+        scheme = _scheme(info)
+        if value is not None and scheme and scheme not in TLS_SCHEMES:
+            raise ValueError(f"{info.field_name} does not apply to {scheme}:// targets "
+                             f"(only {', '.join(TLS_SCHEMES)})")
+        if info.field_name == "sni" and value is not None:
+            check_hostname(value)
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        scheme = _scheme(info)
+        if value is not None and scheme and scheme not in TLS_SCHEMES:
+            raise ValueError(f"ca_file does not apply to {scheme}:// targets "
+                             f"(only {', '.join(TLS_SCHEMES)})")
+        return _ca_path(value, info)
+
+    @field_validator("sustain")
+    @classmethod
+    def _sustain(cls, value: float | None, info: ValidationInfo) -> float | None:
+        scheme = _scheme(info)
+        if value is not None and scheme and scheme != "stun":
+            raise ValueError("sustain applies to stun:// targets only")
+        return value
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, value: Expect, info: ValidationInfo) -> Expect:
+        scheme = _scheme(info)
+        if scheme and value.min_throughput is not None and scheme != "https":
+            raise ValueError("expect.min_throughput applies to https:// targets only")
+        if scheme and value.max_loss is not None and scheme not in ("stun", "turn"):
+            raise ValueError("expect.max_loss applies to stun:// and turn:// targets only")
         return value
 
     @model_validator(mode="after")
-    def _options_fit_scheme(self) -> Target:
+    def _parsed(self) -> Target:
         self._endpoint = parse_endpoint(self.url)
-        scheme = self._endpoint.scheme
-        if self.sustain is not None and scheme != "stun":
-            raise ValueError("sustain applies to stun:// targets only")
-        if self.sni is not None and scheme not in ("tls", "https", "quic"):
-            raise ValueError(f"sni does not apply to {scheme}:// targets")
         return self
 
     @property
@@ -262,6 +398,8 @@ class Target(Strict):
 
 
 class Control(Target):
+    """A target expected to work from anywhere; `domestic` ones sit inside the country."""
+
     domestic: bool = False
 
 
@@ -279,22 +417,26 @@ class Feature(Strict):
 
 class Platform(Strict):
     name: str | None = None
-    features: dict[str, Feature] = Field(min_length=1)
+    features: dict[Id, Feature] = Field(min_length=1)
 
 
 class Catalog(Strict):
     version: Literal[1] = 1
     settings: Settings = Settings()
     controls: list[Control] = []
-    platforms: dict[str, Platform] = Field(min_length=1)
+    platforms: dict[Id, Platform] = Field(min_length=1)
 
-    @field_validator("platforms")
-    @classmethod
-    def _ids(cls, value: dict[str, Platform]) -> dict[str, Platform]:
-        for pid in value:
-            if not PLATFORM_ID.match(pid):
-                raise ValueError(f"platform id {pid!r} must match [a-z0-9_-]+")
-        return value
+
+class Profile(Strict):
+    """A country overlay: extra (domestic) controls and platforms, optional selection and order."""
+
+    version: Literal[1] = 1
+    name: str | None = None
+    settings: Settings | None = None  # only the keys given override the catalog's
+    controls: list[Control] = []
+    platforms: dict[Id, Platform] = {}
+    only: list[Id] | None = None
+    order: list[Id] = []
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -321,20 +463,35 @@ class Job:
         return self.platform is None
 
 
+SourceKey = tuple[str | None, str | None, int]  # (platform, feature, index); controls: (None, None, i)
+
+
 @dataclass(frozen=True)
 class LoadedCatalog:
-    """A validated catalog with where it came from."""
+    """A validated catalog with where it came from, and the comment (source) of each target."""
 
     catalog: Catalog
     path: str
     sha256: str
+    sources: Mapping[SourceKey, str] = field(default_factory=dict)
+    profile: str | None = None  # profile name applied, if any
+    profile_path: str | None = None
+    profile_sha256: str | None = None
 
     @property
     def settings(self) -> Settings:
         return self.catalog.settings
 
+    def source_of(self, platform: str | None, feature: str | None, index: int) -> str | None:
+        """The comment written beside (or just above) a target; controls: platform=None."""
+        return self.sources.get((platform, feature, index))
+
     def jobs(self, only: set[str] | None = None) -> Iterator[Job]:
-        """Controls first, then every target of every (selected) platform, in file order."""
+        """Controls first, then every target of every (selected) platform, in catalog order.
+
+        CA files are made absolute when a catalog is loaded from a file; a relative one left
+        (catalogs from `loads` without a base) is taken relative to the catalog's directory.
+        """
         s = self.catalog.settings
         base = Path(self.path).parent
 
@@ -363,24 +520,304 @@ class LoadedCatalog:
 # --- loading -------------------------------------------------------------------------------
 
 
-def load(path: str | Path) -> LoadedCatalog:
-    """Read and validate a catalog file; raises CatalogError listing every problem."""
-    path = Path(path)
+def _unwrap(annotation: Any) -> Any:
+    """Optional[X] / Annotated[X, ...] -> X."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin is Union or str(origin) == "<class 'types.UnionType'>":
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+            if len(args) != 1:
+                return annotation
+        else:
+            return annotation
+
+
+def _model_at(root: type[BaseModel], path: Sequence[str | int]) -> Any:
+    """The model (or type) that validates the node at a user path, e.g. a Target for a target."""
+    current: Any = root
+    for part in path:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if isinstance(part, int) and current is Feature:  # a feature written as a list
+                current = Target
+                continue
+            info = current.model_fields.get(str(part))
+            if info is None:
+                return None
+            current = info.annotation
+            continue
+        origin = get_origin(current)
+        if origin is list and isinstance(part, int):
+            current = get_args(current)[0]
+        elif origin is dict and isinstance(part, str):
+            current = get_args(current)[1]
+        else:
+            return None
+    return _unwrap(current)
+
+
+def _allowed_keys(root: type[BaseModel]) -> Any:
+    def allowed(path: Sequence[str | int]) -> list[str]:
+        model = _model_at(root, path)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return list(model.model_fields)
+        return []
+
+    return allowed
+
+
+_EXPECTED = {
+    Catalog: "a catalog is a mapping with version, settings, controls and platforms",
+    Profile: "a profile is a mapping with name, settings, controls, platforms, only, order",
+    Target: "expected a target URL or a mapping with 'url'",
+    Control: "expected a target URL or a mapping with 'url'",
+    Feature: "expected a list of targets, or a mapping with 'need' and 'targets'",
+    Platform: "expected a mapping with 'name' and 'features'",
+    Settings: "expected a mapping of settings",
+    Expect: "expected a mapping with max_rtt, min_throughput, max_loss",
+}
+
+
+def _explainer(root: type[BaseModel]) -> Any:
+    """Messages that need to know which model sits at the path."""
+
+    def explain(path: tuple[str | int, ...], error: dict[str, Any]) -> str | None:
+        kind = error["type"]
+        given = error.get("input")
+        if kind == "string_pattern_mismatch" and path and path[-2:-1] in (("platforms",),
+                                                                           ("features",)):
+            what = "platform" if path[-2] == "platforms" else "feature"
+            return (f"bad {what} id {str(path[-1])!r}: use lowercase letters, digits, "
+                    "'_' and '-'")
+        if kind == "string_pattern_mismatch":
+            return f"bad id {given!r}: use lowercase letters, digits, '_' and '-'"
+        if kind in ("model_type", "model_attributes_type", "dict_type"):
+            model = _model_at(root, path)
+            if model in _EXPECTED:
+                return _EXPECTED[model] + ("" if given is None else f", got {given!r}"[:80])
+        if kind == "too_short" and path:
+            last = path[-1]
+            if last == "platforms":
+                return "no platforms: a catalog needs at least one"
+            if last == "features":
+                return "no features: a platform needs at least one"
+            if last == "targets" or isinstance(_model_at(root, path), type) and \
+                    _model_at(root, path) is Feature:
+                return "no targets: a feature needs at least one"
+        if kind == "literal_error" and path == ("version",):
+            return f"unsupported version {given!r} (this probe reads version 1)"
+        return None
+
+    return explain
+
+
+def _validate(model: type[M], text: str, filename: str, base_dir: str | None) -> tuple[M, Any]:
+    """Parse and validate; raises CatalogError with every problem, sorted by position."""
+    from probe import yamlpos
+
+    return yamlpos.validate(model, text, filename, {"base_dir": base_dir},
+                            _allowed_keys(model), _explainer(model))
+
+
+def _sources(parsed: Any, catalog: Catalog | Profile) -> dict[SourceKey, str]:
+    """Target comments keyed by (platform, feature, index), whichever form a feature took."""
+    comments = parsed.comments
+    out: dict[SourceKey, str] = {}
+    for i in range(len(catalog.controls)):
+        if ("controls", i) in comments:
+            out[(None, None, i)] = comments[("controls", i)]
+    for pid, platform in catalog.platforms.items():
+        for fid, feature in platform.features.items():
+            base = ("platforms", pid, "features", fid)
+            for i in range(len(feature.targets)):
+                text = comments.get(base + (i,)) or comments.get(base + ("targets", i))
+                if text:
+                    out[(pid, fid, i)] = text
+    return out
+
+
+def _read(path: Path) -> tuple[str, str]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         problem = CatalogProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror or exc}")
         raise CatalogError([problem]) from None
-    return loads(raw.decode("utf-8", errors="replace"), str(path), hashlib.sha256(raw).hexdigest())
+    return raw.decode("utf-8", errors="replace"), hashlib.sha256(raw).hexdigest()
 
 
-def loads(text: str, filename: str = "<catalog>", sha256: str | None = None) -> LoadedCatalog:
-    from probe import yamlpos
+def load(path: str | Path, profile: str | None = None) -> LoadedCatalog:
+    """Read and validate a catalog file (and a profile); raises CatalogError listing every problem.
 
-    document, positions = yamlpos.parse(text, filename)
-    try:
-        catalog = Catalog.model_validate(document)
-    except ValidationError as exc:
-        raise CatalogError(yamlpos.problems(exc, positions, filename)) from None
-    digest = sha256 or hashlib.sha256(text.encode()).hexdigest()
-    return LoadedCatalog(catalog, filename, digest)
+    Relative `ca_file` paths are taken from the catalog's real directory (symlinks followed,
+    so the repository's probes.yaml link finds the packaged certificates) and must exist.
+    """
+    path = Path(path)
+    text, digest = _read(path)
+    loaded = loads(text, str(path), digest, base_dir=str(path.resolve().parent))
+    return apply_profile(loaded, profile) if profile else loaded
+
+
+def loads(text: str, filename: str = "<catalog>", sha256: str | None = None,
+          base_dir: str | None = None) -> LoadedCatalog:
+    """Validate catalog text; `base_dir` (if given) anchors and checks relative CA files."""
+    catalog, parsed = _validate(Catalog, text, filename, base_dir)
+    digest = sha256 or hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return LoadedCatalog(catalog, filename, digest, _sources(parsed, catalog))
+
+
+# --- shipped files and profiles ------------------------------------------------------------
+
+
+def _data() -> Path:
+    return Path(str(resources.files("probe") / "data"))
+
+
+def default_catalog_path() -> Path:
+    """./probes.yaml when there is one, else the catalog shipped in the package."""
+    local = Path("probes.yaml")
+    return local if local.is_file() else _data() / "probes.yaml"
+
+
+def profile_names() -> list[str]:
+    """The country profiles shipped in the package (ru, cn, ...)."""
+    folder = _data() / "profiles"
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def profile_path(name: str) -> Path:
+    """A shipped profile by name, or a profile file given by path."""
+    if name in profile_names():
+        return _data() / "profiles" / f"{name}.yaml"
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") or "/" in name:
+        return candidate
+    known = ", ".join(profile_names()) or "none shipped"
+    problem = CatalogProblem(str(_data() / "profiles" / f"{name}.yaml"), 1, 1, "",
+                             f"no such profile {name!r} (known: {known}; or give a file path)")
+    raise CatalogError([problem])
+
+
+def apply_profile(loaded: LoadedCatalog, name: str) -> LoadedCatalog:
+    """Overlay a country profile: add its controls and platforms, apply `only`/`order`/settings.
+
+    A profile adds; it never replaces: a feature the catalog already has is an error, and a
+    control whose URL the catalog already lists is kept once.
+    """
+    path = profile_path(name)
+    text, digest = _read(path)
+    filename = str(path)
+    profile, parsed = _validate(Profile, text, filename, str(path.resolve().parent))
+    found: list[CatalogProblem] = []
+
+    def problem(at: tuple[str | int, ...], message: str, at_key: bool = False) -> None:
+        from probe import yamlpos
+
+        line, col = yamlpos.locate(at, parsed.positions, at_key)
+        found.append(CatalogProblem(filename, line, col, yamlpos.dotted(at), message))
+
+    base = loaded.catalog
+    settings = base.settings
+    if profile.settings is not None:
+        given = profile.settings.model_fields_set
+        settings = settings.model_copy(update={k: getattr(profile.settings, k) for k in given})
+
+    sources = dict(loaded.sources)
+    profile_sources = _sources(parsed, profile)
+    controls = list(base.controls)
+    urls = {c.url for c in controls}
+    for i, control in enumerate(profile.controls):
+        if control.url in urls:
+            continue
+        urls.add(control.url)
+        if (None, None, i) in profile_sources:
+            sources[(None, None, len(controls))] = profile_sources[(None, None, i)]
+        controls.append(control)
+
+    platforms = dict(base.platforms)
+    for pid, extra in profile.platforms.items():
+        if pid not in platforms:
+            platforms[pid] = extra
+        else:
+            features = dict(platforms[pid].features)
+            for fid, feature in extra.features.items():
+                if fid in features:
+                    problem(("platforms", pid, "features", fid),
+                            f"platform '{pid}' already has a feature '{fid}' (a profile adds "
+                            "features, it does not replace them)", at_key=True)
+                features[fid] = feature
+            platforms[pid] = platforms[pid].model_copy(update={"features": features})
+        for key, text_ in profile_sources.items():
+            if key[0] == pid:
+                sources[key] = text_
+
+    for key in ("only", "order"):
+        for i, pid in enumerate(getattr(profile, key) or []):
+            if pid not in platforms:
+                problem((key, i), f"no platform '{pid}' in the catalog or the profile "
+                        f"(known: {', '.join(platforms)})")
+    if found:
+        found.sort(key=lambda p: (p.line, p.col))
+        raise CatalogError(found)
+    if profile.only is not None:
+        platforms = {pid: platforms[pid] for pid in profile.only}
+    if profile.order:
+        first = {pid: platforms[pid] for pid in profile.order if pid in platforms}
+        platforms = first | {pid: p for pid, p in platforms.items() if pid not in first}
+    if not platforms:
+        problem(("only",), "the profile leaves no platform to test")
+        raise CatalogError(found)
+    catalog = Catalog(version=1, settings=settings, controls=controls, platforms=platforms)
+    return LoadedCatalog(catalog, loaded.path, loaded.sha256, sources,
+                         profile=path.stem if name in profile_names() else str(path),
+                         profile_path=filename, profile_sha256=digest)
+
+
+# --- JSON Schema ---------------------------------------------------------------------------
+
+
+def json_schema(kind: Literal["catalog", "profile"] = "catalog") -> dict[str, Any]:
+    """A JSON Schema for editors (VS Code YAML, IntelliJ): `probe schema > probes.schema.json`.
+
+    Pydantic describes the mapping forms; the catalog also accepts a target as a bare URL
+    string and a feature as a bare list of targets, so those definitions are widened here.
+    """
+    model = Catalog if kind == "catalog" else Profile
+    schema = model.model_json_schema(mode="validation")
+    defs = schema.setdefault("$defs", {})
+    url = {
+        "type": "string",
+        "pattern": rf"^({'|'.join(SCHEMES)})://",
+        "description": "a target URL: " + ", ".join(f"{s}://" for s in SCHEMES),
+    }
+    for name in ("Target", "Control"):
+        if name in defs:
+            defs[f"{name}Mapping"] = defs.pop(name)
+            defs[name] = {"anyOf": [url, {"$ref": f"#/$defs/{name}Mapping"}]}
+    if "Feature" in defs:
+        defs["FeatureMapping"] = defs.pop("Feature")
+        defs["Feature"] = {"anyOf": [
+            {"type": "array", "items": {"$ref": "#/$defs/Target"}, "minItems": 1},
+            {"$ref": "#/$defs/FeatureMapping"},
+        ]}
+
+    def fix(node: Any) -> None:
+        # pattern-keyed mappings (platform and feature ids) must refuse keys that do not match
+        if isinstance(node, dict):
+            if "patternProperties" in node:
+                node.setdefault("additionalProperties", False)
+            for value in node.values():
+                fix(value)
+        elif isinstance(node, list):
+            for value in node:
+                fix(value)
+
+    fix(schema)
+    for name in ("TargetMapping", "ControlMapping"):
+        if name in defs:
+            defs[name]["properties"]["url"]["pattern"] = url["pattern"]
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "probe catalog" if kind == "catalog" else "probe country profile"
+    return schema
