@@ -162,3 +162,45 @@ def test_long_headers_with_random_tails(tail: bytes) -> None:
     except QuicCodecError:
         return
     assert encode_version_negotiation(reply) == data
+
+
+# --- CONNECTION_CLOSE codes -> failure facts (probe.failures, used by the quic layer) ---------
+
+CLOSES = [
+    # (error code, reason phrase, by peer, fact)
+    (0x2, "policy", True, "peer_closed"),
+    (0x0, "", True, "peer_closed"),
+    (0x100 + 40, "handshake failure", True, "peer_closed"),
+    (0x178, "No common ALPN protocols", True, "alpn_refused"),
+    (0x12A, "unable to get local issuer certificate", False, "untrusted_certificate"),
+    (0x12D, "Certificate is no longer valid", False, "untrusted_certificate"),
+    (0x130, "self-signed certificate", False, "untrusted_certificate"),
+    (0x12A, "hostname 'a.test' doesn't match 'b.test'", False, "hostname_mismatch"),
+    (0x12A, "Certificate does not contain any `subjectAltName`s.", False, "hostname_mismatch"),
+    (0x128, "handshake failure", False, "tls_alert"),
+    (0x1, "Could not find a common protocol version", False, "protocol_error"),
+    (0xA, "", False, "protocol_error"),
+]
+
+
+@pytest.mark.parametrize(("code", "reason", "by_peer", "fact"), CLOSES)
+def test_quic_close_facts(code: int, reason: str, by_peer: bool, fact: str) -> None:
+    from probe.classify import reason_of
+    from probe.failures import quic_close_fact
+
+    assert quic_close_fact(code, reason, by_peer=by_peer) == fact
+    expected = {"peer_closed": "quic.closed", "alpn_refused": "quic.closed",
+                "untrusted_certificate": "tls.untrusted", "hostname_mismatch": "tls.hostname",
+                "tls_alert": "tls.alert", "protocol_error": "quic.closed"}[fact]
+    assert reason_of("quic", fact) == expected
+
+
+def test_udp_refusal_is_port_unreachable() -> None:
+    import errno
+
+    from probe.classify import reason_of
+    from probe.failures import classify_udp_error
+
+    fact, _ = classify_udp_error(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+    assert fact == "port_unreachable" and reason_of("quic", fact) == "udp.unreachable"
+    assert classify_udp_error(OSError(errno.ENETUNREACH, "x"))[0] == "network_unreachable"
