@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from probe import classify_dns
 from probe import failures as F
 from probe.catalog import Job
 from probe.observations import Observation, Phase, Sample
@@ -152,6 +153,11 @@ def judge_target(job: Job, observation: Observation, baseline: Run | None = None
     )
     if not samples:
         result.status, result.reason, result.detail = "inconclusive", "target.untestable", "no sample"
+        return result
+    dns_verdict = classify_dns.judge(observation, classify_dns.find_target(baseline, job))
+    if dns_verdict is not None:  # the dns phase carries its own judgement (classify_dns.py)
+        result.status, result.reason, result.detail = dns_verdict
+        result.phases = summary_phases(samples[0])
         return result
     failing = [s for s in samples if not s.ok]
     if not failing:

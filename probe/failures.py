@@ -90,6 +90,12 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
         # h2/httpcore "Server disconnected"; anything else is a response we could not parse.
         text = str(exc).lower()
         return (EOF_ if "closed" in text or "disconnected" in text else PROTOCOL_ERROR), str(exc)
+    # A library's wrapper (httpx.ConnectError around an OSError) says what its cause says.
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause is not exc:
+        failure, message = classify_exception(cause)
+        if failure != UNKNOWN:
+            return failure, message
     return UNKNOWN, f"{type(exc).__name__}: {exc}"
 
 
