@@ -15,7 +15,8 @@ TLSServer behaviours:
 Option `sni_behaviours={"blocked.example": "reset_after_hello"}` overrides the behaviour for
 ClientHellos carrying that SNI: an SNI filter in front of a working server.
 
-HTTPSServer adds, after a good handshake (ALPN http/1.1; one request per connection):
+HTTPSServer adds, after a good handshake (ALPN http/1.1, or h2 too with option `http2=True`,
+which serves small answers only; one request per connection):
   ok         `/` a small page, `/1mib` 1 MiB of data, anything else 404
   forbidden  403 with a short block page
   throttle   the body at `rate` bit/s on the wire (default 128 kbit/s), records of `chunk` bytes
@@ -185,6 +186,10 @@ class TLSServer:
         self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
         self.hellos: list[str | None] = []  # the SNI of every ClientHello, in order (for tests)
 
+    @property
+    def alpn(self) -> tuple[str, ...]:
+        return self.ALPN
+
     def _context(self, kind: str) -> ssl.SSLContext:
         """The server context for `ok`, `untrusted` or `wrong_name`, built on first use."""
         context = self._contexts.get(kind)
@@ -195,7 +200,7 @@ class TLSServer:
                 leaf = self.ca.issue("wrong.invalid")
             else:
                 leaf = self.ca.issue(self.name, self.host)
-            context = server_context(leaf, self.ALPN)
+            context = server_context(leaf, self.alpn)
             self._contexts[kind] = context
         return context
 
@@ -274,7 +279,7 @@ class HTTPSServer(TLSServer):
 
     BEHAVIOURS = TLSServer.BEHAVIOURS + ("forbidden", "throttle", "stall", "redirect")
     ALPN = ("http/1.1",)
-    _OPTIONS = TLSServer._OPTIONS | {"rate", "stall_bytes", "portal", "chunk"}
+    _OPTIONS = TLSServer._OPTIONS | {"rate", "stall_bytes", "portal", "chunk", "http2"}
 
     BLOCK_PAGE = (b"<html><head><title>Access denied</title></head><body>"
                   b"<h1>Access to this resource is restricted</h1></body></html>")
@@ -283,7 +288,14 @@ class HTTPSServer(TLSServer):
     def rate(self) -> float:
         return float(self.options.get("rate", 128_000))
 
+    @property
+    def alpn(self) -> tuple[str, ...]:
+        return ("h2", "http/1.1") if self.options.get("http2") else self.ALPN
+
     async def serve(self, tls: ServerTLS, behaviour: str) -> None:
+        if tls.tls.selected_alpn_protocol() == "h2":
+            await self._serve_h2(tls, behaviour)
+            return
         request = b""
         while b"\r\n\r\n" not in request:
             data = await tls.recv()
@@ -324,6 +336,32 @@ class HTTPSServer(TLSServer):
         else:
             for i in range(0, len(body), 16384):
                 await tls.send(body[i:i + 16384])
+
+    async def _serve_h2(self, tls: ServerTLS, behaviour: str) -> None:
+        """HTTP/2 (option http2=True): small answers only: `/`, the block page, the redirect."""
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        await tls.send(conn.data_to_send())
+        while data := await tls.recv():
+            for event in conn.receive_data(data):
+                if not isinstance(event, h2.events.RequestReceived):
+                    continue
+                headers = {k.decode() if isinstance(k, bytes) else k:
+                           v.decode() if isinstance(v, bytes) else v
+                           for k, v in event.headers or []}
+                status, body = 404, b"not found"
+                if behaviour == "forbidden":
+                    status, body = 403, self.BLOCK_PAGE
+                elif headers.get(":path") == "/":
+                    status, body = 200, b"<html><body>mock over h2</body></html>"
+                conn.send_headers(event.stream_id, [(":status", str(status)),
+                                                    ("content-length", str(len(body)))])
+                conn.send_data(event.stream_id, body, end_stream=True)
+            await tls.send(conn.data_to_send())
 
     async def _send_slowly(self, tls: ServerTLS, body: bytes) -> None:
         """At `rate` bit/s on the wire, as a shaper dropping packets delivers them: the bytes of

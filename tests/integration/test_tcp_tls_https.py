@@ -221,3 +221,12 @@ def test_https_throttled_below_timeout_per_record_is_not_a_stall(
     http = result.observation.samples[0].phases["http"]
     assert http.ok, http.error
     assert http.get("truncated")
+
+
+def test_https_over_http2(run: Any, make_catalog: MakeCatalog, test_ca: Any, ca_file: str) -> None:
+    result = https("ok", "/", run, make_catalog, test_ca, ca_file, http2=True)
+    assert (result.status, result.reason) == ("ok", "ok"), result.detail
+    phases = result.observation.samples[0].phases
+    assert phases["tls"].get("alpn") == "h2"
+    assert phases["http"].get("http_version") == "HTTP/2"
+    assert phases["http"].get("status") == 200 and phases["http"].get("bytes") > 0
