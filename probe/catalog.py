@@ -753,11 +753,12 @@ def apply_profile(loaded: LoadedCatalog, name: str) -> LoadedCatalog:
             if key[0] == pid:
                 sources[key] = text_
 
-    for key in ("only", "order"):
-        for i, pid in enumerate(getattr(profile, key) or []):
-            if pid not in platforms:
-                problem((key, i), f"no platform '{pid}' in the catalog or the profile "
-                        f"(known: {', '.join(platforms)})")
+    # `only` must name platforms that exist; `order` is a preference, so a platform a user's own
+    # catalog does not have is skipped there
+    for i, pid in enumerate(profile.only or []):
+        if pid not in platforms:
+            problem(("only", i), f"no platform '{pid}' in the catalog or the profile "
+                    f"(known: {', '.join(platforms)})")
     if found:
         found.sort(key=lambda p: (p.line, p.col))
         raise CatalogError(found)
