@@ -70,11 +70,16 @@ REASONS: dict[tuple[str, str], str] = {
     ("stun", F.PORT_UNREACHABLE): "udp.unreachable",
     ("stun", F.HOST_UNREACHABLE): "udp.unreachable",
     ("stun", F.NETWORK_UNREACHABLE): "udp.unreachable",
+    ("stun", F.CUTOFF): "udp.cutoff",
     ("stun", "*"): "udp.timeout",
     ("turn", F.TIMEOUT): "udp.timeout",
     ("turn", F.PORT_UNREACHABLE): "udp.unreachable",
     ("turn", F.CONNECTION_REFUSED): "tcp.reset",
     ("turn", F.CONNECTION_RESET): "tcp.reset",
+    ("turn", F.EOF_): "tcp.reset",  # over TCP: closed after the Allocate, before any answer
+    ("turn", F.HOST_UNREACHABLE): "udp.unreachable",
+    ("turn", F.NETWORK_UNREACHABLE): "udp.unreachable",
+    ("turn", F.PROTOCOL_ERROR): "turn.unexpected",  # a STUN answer, but not TURN's 401
     ("turn", "*"): "udp.timeout",
     ("deadline", "*"): "target.timeout",
 }

@@ -33,6 +33,7 @@ SERVFAIL = "servfail"
 REFUSED = "refused"
 HTTP_STATUS = "http_status"
 STALL = "stall"
+CUTOFF = "cutoff"  # a sustained UDP exchange answered at first, then silent to the end
 PEER_CLOSED = "peer_closed"  # QUIC CONNECTION_CLOSE from the peer or a middlebox
 ALPN_REFUSED = "alpn_refused"  # QUIC: the peer closed with no_application_protocol (0x178)
 NOT_IMPLEMENTED = "not_implemented"

@@ -1,0 +1,202 @@
+"""The turn layer: `turn://HOST[:PORT][?transport=udp|tcp]`, one unauthenticated TURN Allocate.
+
+A TURN server answers an Allocate without credentials with 401 Unauthorized, a REALM and a
+NONCE (RFC 8656 section 7.1): that answer proves a TURN relay is reachable, without any
+account. Calls fall back to these relays (WhatsApp calls work over TCP relays when UDP is cut,
+CENSORSHIP.md), so `transport=tcp` tests the fallback path. Over UDP the request is
+retransmitted on RFC 8489's schedule (500 ms, doubling) until `job.timeout`; over TCP it is sent
+once on a connection from the tcp layer and the answer framed by its STUN length field.
+
+Any other STUN answer (another error, a success) is recorded as `protocol_error` with its code:
+something speaks STUN there, but not as a TURN server would. Text from the server (SOFTWARE,
+the reason phrase) is recorded only with addresses masked: a server may echo ours back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from typing import Any
+
+from probe.catalog import Job
+from probe.failures import (
+    EOF_,
+    PROTOCOL_ERROR,
+    TIMEOUT,
+    Failed,
+    classify_exception,
+    classify_udp_error,
+)
+from probe.layers import Context
+from probe.layers.dns import resolve
+from probe.layers.tcp import abort, connect
+from probe.observations import Phase, Sample
+from probe.wire import stun
+
+RTO_S = 0.5  # RFC 8489 section 6.2.1: first retransmission after 500 ms, then doubling
+SLACK_S = 1.0
+MAX_TEXT = 80  # server-supplied text kept for `detail`: a name and version, not an essay
+_MAX_FRAMES = 16  # answers that are not ours before a TCP peer is judged to be talking nonsense
+
+# Anything that looks like an IPv4 or IPv6 address (a hex run with colons, or 4 dotted numbers).
+# A port after it goes too: with the address, it names the user's NAT mapping.
+_ADDRESS = re.compile(
+    r"\[?(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,})\]?(?::\d{1,5})?")
+
+
+def budget(job: Job) -> float:
+    """Name resolution, a TCP connect (transport=tcp), the Allocate's wait."""
+    return 3 * job.timeout + SLACK_S
+
+
+def scrub(text: str) -> str:
+    """Server text fit for a result file: addresses masked, control characters dropped."""
+    text = "".join(c for c in text if c.isprintable())[:MAX_TEXT]
+    return _ADDRESS.sub("<address>", text)
+
+
+def judge(answer: stun.Message, start: float, **facts: Any) -> Phase:
+    """The turn phase from the server's answer to our Allocate (sent first at `start`)."""
+    error = answer.find(stun.ErrorCode)
+    software = answer.find(stun.Software)
+    facts.update(
+        error_code=error.code if error else None,
+        realm=answer.find(stun.Realm) is not None,
+        nonce=answer.find(stun.Nonce) is not None,
+        software=scrub(software.value) if software else None,
+    )
+    ms = _ms(start)
+    if error is not None and error.code == 401 and facts["realm"] and facts["nonce"]:
+        return Phase(ok=True, ms=ms, **facts)
+    if error is not None:
+        what = f"answered the Allocate with error {error.code} {scrub(error.reason)}".rstrip()
+    else:
+        what = "answered the Allocate with success, without asking for credentials"
+    if error is not None and error.code == 401:
+        what += " but no REALM and NONCE"
+    return Phase(ok=False, ms=ms, failure=PROTOCOL_ERROR, error=what, **facts)
+
+
+class _Allocate(asyncio.DatagramProtocol):
+    def __init__(self, request: stun.Message) -> None:
+        self.request = request
+        self.answer: asyncio.Future[stun.Message] = asyncio.get_running_loop().create_future()
+        self.malformed = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            message = stun.decode_message(data)
+        except stun.StunCodecError:
+            self.malformed += 1
+            return
+        if not stun.is_response_to(message, self.request):
+            self.malformed += 1
+        elif not self.answer.done():
+            self.answer.set_result(message)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+
+
+async def over_udp(address: str, port: int, timeout: float) -> Phase:
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    request = stun.allocate_request()
+    data = stun.encode_message(request)
+    start = time.perf_counter()
+    facts: dict[str, Any] = {"transport": "udp", "port": port, "sent": 0}
+    try:
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _Allocate(request), remote_addr=(address, port), family=family)
+    except OSError as exc:  # no route, no IPv6 here...
+        failure, message = classify_udp_error(exc)
+        return Phase(ok=False, ms=_ms(start), failure=failure, error=message, **facts)
+    try:
+        async with asyncio.timeout(timeout):
+            wait = RTO_S
+            while not protocol.answer.done():
+                transport.sendto(data)
+                facts["sent"] += 1
+                await asyncio.wait([protocol.answer], timeout=wait)
+                wait *= 2
+        answer = protocol.answer.result()  # raises what error_received stored (ICMP)
+    except (OSError, TimeoutError) as exc:
+        failure, message = classify_udp_error(exc)
+        if failure == TIMEOUT:
+            message = f"no answer to a TURN Allocate within {timeout:g} s (sent {facts['sent']}x)"
+        return Phase(ok=False, ms=_ms(start), failure=failure, error=message,
+                     malformed=protocol.malformed, **facts)
+    finally:
+        transport.close()
+    return judge(answer, start, malformed=protocol.malformed, **facts)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    data = b""
+    need = stun.HEADER_SIZE
+    while len(data) < need:
+        chunk = await loop.sock_recv(sock, need - len(data))
+        if not chunk:
+            raise Failed(EOF_, "connection closed before an answer to the Allocate")
+        data += chunk
+        if need == stun.HEADER_SIZE and len(data) == need:
+            need = stun.message_length(data)
+    return data
+
+
+async def over_tcp(sock: socket.socket, port: int, timeout: float) -> Phase:
+    loop = asyncio.get_running_loop()
+    request = stun.allocate_request()
+    start = time.perf_counter()
+    skipped = 0
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_sendall(sock, stun.encode_message(request))
+            while True:
+                frame = await _read_frame(loop, sock)  # raises when the framing is not STUN's
+                try:
+                    answer = stun.decode_message(frame)
+                    if stun.is_response_to(answer, request):
+                        break
+                except stun.StunCodecError:
+                    pass  # a bad frame in a good stream: skip it, as over UDP
+                skipped += 1
+                if skipped >= _MAX_FRAMES:
+                    raise Failed(PROTOCOL_ERROR, f"{skipped} STUN frames, none our answer")
+    except stun.StunCodecError as exc:
+        return Phase(ok=False, ms=_ms(start), failure=PROTOCOL_ERROR,
+                     error=f"not a STUN answer: {exc}", transport="tcp", port=port,
+                     malformed=skipped)
+    except (OSError, TimeoutError, Failed) as exc:
+        failure, message = classify_exception(exc)
+        if failure == TIMEOUT:
+            message = f"no answer to a TURN Allocate over TCP within {timeout:g} s"
+        return Phase(ok=False, ms=_ms(start), failure=failure, error=message,
+                     transport="tcp", port=port, malformed=skipped)
+    finally:
+        abort(sock)
+    return judge(answer, start, transport="tcp", port=port, malformed=skipped)
+
+
+async def measure(job: Job, ctx: Context) -> Sample:
+    sample = Sample()
+    address = await resolve(job, ctx, sample)
+    if address is None:
+        return sample
+    port = job.endpoint.port
+    assert port is not None, "the catalog gives turn:// a default port"
+    if job.endpoint.query.get("transport") == "tcp":
+        sock = await connect(job, ctx, sample, address, port)
+        if sock is None:
+            return sample
+        sample.add("turn", await over_tcp(sock, port, job.timeout))
+    else:
+        sample.add("turn", await over_udp(address, port, job.timeout))
+    return sample
