@@ -172,8 +172,8 @@ async def measure(job: Job, ctx: Context) -> Sample:
         await _get(job, client, request, backend, sample)
     finally:
         http = sample.phases.get("http")
-        unfinished = sample.failed is not None or (http is not None and http.get("truncated"))
-        if unfinished and backend.wire is not None:
+        whole = http is not None and http.ok and not (http.get("truncated") or http.get("capped"))
+        if not whole and backend.wire is not None:  # failed, cut short or cancelled
             backend.wire.abort()  # RST: stop the server sending, leave no state behind
         with contextlib.suppress(Exception):
             await client.aclose()
