@@ -57,10 +57,11 @@ def make_lab(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> It
 
     def make(servers: Sequence[dict[str, Any]],
              targets: Callable[[dict[str, int]], Sequence[dict[str, Any]]], *,
-             records: dict[str, list[str]] | None = None, **settings: Any) -> Lab:
+             records: dict[str, list[str]] | None = None,
+             resolver: dict[str, Any] | None = None, **settings: Any) -> Lab:
         lab = Lab(topology, tmp_path_factory.mktemp("lab"))
         labs.append(lab)
-        lab.serve(servers, records)
+        lab.serve(servers, records, resolver)
         lab.write_catalog(targets(lab.ports), **settings)
         lab.record_baseline()
         return lab

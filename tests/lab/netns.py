@@ -32,6 +32,10 @@ SERVER_IP = "10.199.2.2"
 # Further addresses of the server namespace, so a rule can hit one host and spare the others.
 SERVER_EXTRA = ("10.199.2.3", "10.199.2.4", "10.199.2.5")
 LAB_NET = "10.199.0.0/16"
+# A documentation prefix (RFC 5737 TEST-NET-2) standing for "somewhere else" inside the lab: the
+# server namespace holds it, so a lying resolver's answer leads to an impostor there.
+ELSEWHERE_NET = "198.51.100.0/24"
+IMPOSTOR_IP = "198.51.100.7"
 
 THROTTLE_CLASS = "1:20"  # the htb class of throttled traffic; nft marks packets into it
 
@@ -106,14 +110,16 @@ class Topology:
             (self.client, f"{b}a", [CLIENT_IP]),
             (self.censor, f"{b}b", [CENSOR_CLIENT_SIDE]),
             (self.censor, f"{b}e", [CENSOR_SERVER_SIDE]),
-            (self.server, f"{b}d", [SERVER_IP, *SERVER_EXTRA]),
+            (self.server, f"{b}d", [SERVER_IP, *SERVER_EXTRA, IMPOSTOR_IP]),
         ):
             for address in addresses:
                 sh(["ip", "addr", "add", f"{address}/24", "dev", dev], ns=ns)
             sh(["ip", "link", "set", dev, "up"], ns=ns)
-        # Only the lab's own prefix is routed: no default route, so no way out of the lab.
-        sh(["ip", "route", "add", LAB_NET, "via", CENSOR_CLIENT_SIDE], ns=self.client)
+        # Only the lab's own prefixes are routed: no default route, so no way out of the lab.
+        for net in (LAB_NET, ELSEWHERE_NET):
+            sh(["ip", "route", "add", net, "via", CENSOR_CLIENT_SIDE], ns=self.client)
         sh(["ip", "route", "add", LAB_NET, "via", CENSOR_SERVER_SIDE], ns=self.server)
+        sh(["ip", "route", "add", ELSEWHERE_NET, "via", SERVER_IP], ns=self.censor)
         self.sysctl(self.censor, "net/ipv4/ip_forward", "1")
         # Byte counters on conntrack entries, for the "freeze after 16 KB" rule.
         Censor(self).apply(nft=["ct state established accept"])  # loads conntrack in this netns

@@ -51,6 +51,7 @@ class Lab:
     catalog: Path | None = None
     baseline: ProbeRun | None = None
     _servers: list[Servers] = field(default_factory=list)
+    _behaviours: dict[str, str] = field(default_factory=dict)  # each server's own behaviour
 
     def __post_init__(self) -> None:
         self.censor = Censor(self.topology)
@@ -58,10 +59,12 @@ class Lab:
         self.baseline_file = self.folder / "baseline.json"
 
     def serve(self, servers: Sequence[dict[str, Any]],
-              records: dict[str, list[str]] | None = None) -> None:
+              records: dict[str, list[str]] | None = None,
+              resolver: dict[str, Any] | None = None) -> None:
         """Start `servers` and a control in the server namespace. With `records`, also a DoH
         server there and the ISP resolver in the censor namespace, both answering `records`
-        truthfully until told otherwise; without, targets must carry `address:` or an IP."""
+        truthfully until told otherwise (`resolver`: options of the resolver's DnsServer, e.g.
+        its own `records` or a `lie` address); without, targets must carry `address:` or an IP."""
         spec = [*servers, server("control", "tcp", host=CONTROL_IP)]
         if records is not None:
             spec.append(server("doh", "doh", name=SERVER_IP, records=records))
@@ -69,17 +72,21 @@ class Lab:
                        self.folder / "serve-server.log")
         self._servers.append(main)
         self.ports.update(main.start())
+        self._behaviours.update({entry["id"]: entry["behaviour"] for entry in spec})
         if records is None:
             return
         resolver = Servers(
             self.topology.censor,
             {"ca_file": None, "servers": [
-                server("resolver", "dns", host=CENSOR_CLIENT_SIDE, port=53, records=records)]},
+                server("resolver", "dns", host=CENSOR_CLIENT_SIDE, port=53,
+                       **{"records": records, **(resolver or {})})]},
             self.folder / "serve-censor.log")
         self._servers.append(resolver)
         self.ports.update(resolver.start())
+        self._behaviours["resolver"] = "ok"
 
     def set_behaviour(self, server_id: str, behaviour: str) -> None:
+        """Switch a running server (in either namespace) to another behaviour."""
         for servers in self._servers:
             if server_id in servers.ports:
                 servers.set_behaviour(server_id, behaviour)
@@ -117,15 +124,22 @@ class Lab:
         return self.baseline
 
     def run(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
-            throttle: tuple[str, str] | None = None) -> ProbeRun:
-        """A run against the baseline with the given censor rules in force (cleared after)."""
+            throttle: tuple[str, str] | None = None,
+            behaviours: dict[str, str] | None = None) -> ProbeRun:
+        """A run against the baseline with the given censor rules in force and servers switched
+        to `behaviours` (id -> behaviour, e.g. the ISP resolver lying); all undone after."""
         assert self.catalog is not None and self.baseline is not None
         try:
+            for server_id, behaviour in (behaviours or {}).items():
+                self.set_behaviour(server_id, behaviour)
             self.censor.apply(nft=nft, iptables=iptables, throttle=throttle)
-            self.rules = self.censor.listing()
+            self.rules = self.censor.listing() + "".join(
+                f"server {k}: {v}\n" for k, v in (behaviours or {}).items())
             return run_probe(self.topology, self.catalog, baseline=self.baseline_file)
         finally:
             self.censor.clear()
+            for server_id in behaviours or {}:
+                self.set_behaviour(server_id, self._behaviours[server_id])
 
     def close(self) -> None:
         for servers in reversed(self._servers):
