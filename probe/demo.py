@@ -22,7 +22,8 @@ def _e(kind: str, name: str, platform: str | None, feature: str | None, **kw: ob
     return Endpoint(kind=kind, name=name, platform=platform, feature=feature, **kw)  # type: ignore[arg-type]
 
 
-# (endpoint, behaviour once censored); None keeps it honest.
+# (endpoint, behaviour once censored); None keeps it honest. "sni:B" gives behaviour B to
+# ClientHellos naming the endpoint only, so another SNI to the same server still works.
 WORLD: list[tuple[Endpoint, str | None]] = [
     (_e("dns", "resolver.demo.test", None, None), None),
     (_e("doh", "doh.demo.test", None, None), None),
@@ -34,7 +35,7 @@ WORLD: list[tuple[Endpoint, str | None]] = [
     (_e("stun", "stun.chatter.test", "chatter", "calls"), "silent"),
     (_e("https", "web.chatter.test", "chatter", "web"), None),
     # Telegrab: its name is reset by SNI; its media freezes after 16 KB; calls lossy.
-    (_e("tls", "dc.telegrab.test", "telegrab", "messaging"), "reset_sni"),
+    (_e("tls", "dc.telegrab.test", "telegrab", "messaging"), "sni:reset_after_hello"),
     (_e("https", "cdn.telegrab.test", "telegrab", "media", path="/1mib"), "stall"),
     (_e("stun", "relay.telegrab.test", "telegrab", "calls", options={"loss": 0.5, "seed": 7},
         target={"attempts": 20}), "lossy"),
@@ -60,8 +61,12 @@ def scenario() -> Scenario:
 
 def censor(world: World) -> None:
     """Switch the world's servers to what a censor would make of them."""
-    for index, (_, behaviour) in enumerate(WORLD):
-        if behaviour is not None:
+    for index, (endpoint, behaviour) in enumerate(WORLD):
+        if behaviour is None:
+            continue
+        if behaviour.startswith("sni:"):
+            world.servers[index].sni_behaviours[endpoint.name] = behaviour[4:]
+        else:
             world.set_behaviour(index, behaviour)
     resolver = world.servers[0]
     resolver.records.update(LYING_RESOLVER)

@@ -21,9 +21,9 @@ from probe.mock.certs import TestCA
 
 # kind -> (module, class) of its server; the URL scheme a target uses for it.
 SERVERS: dict[str, tuple[str, str]] = {
-    "tcp": ("probe.mock.tcp", "TcpServer"),
-    "tls": ("probe.mock.tls", "TlsServer"),
-    "https": ("probe.mock.tls", "HttpsServer"),
+    "tcp": ("probe.mock.tcp", "TCPServer"),
+    "tls": ("probe.mock.tls", "TLSServer"),
+    "https": ("probe.mock.tls", "HTTPSServer"),
     "quic": ("probe.mock.quic", "QuicServer"),
     "stun": ("probe.mock.stun", "StunServer"),
     "turn": ("probe.mock.stun", "StunServer"),
@@ -141,7 +141,8 @@ class World:
         if dns:
             settings["resolver"] = f"{self._host()}:{dns[1].port}"
         if doh:
-            settings["doh"] = f"https://{doh[0].name}:{doh[1].port}/dns-query"
+            # An IP literal: the DoH server's own name must not need a resolver to be found.
+            settings["doh"] = f"https://{self._host()}:{doh[1].port}/dns-query"
         controls: list[Any] = []
         platforms: dict[str, Any] = {}
         for endpoint, server in zip(self.scenario.endpoints, self.servers, strict=True):
