@@ -137,7 +137,7 @@ def judge_phase(phase: Phase, baseline: BaselineDns | None = None) -> Verdict | 
 
     if phase.failure is not None:
         reason = _SILENCE.get(phase.failure, "dns.servfail")
-        detail = f"{who}: {phase.error or phase.failure}"
+        detail = f"{who} for {name}: {phase.error or phase.failure}"
         if phase.ms is not None:
             detail += f" after {phase.ms:.0f} ms"
         if reason == "dns.servfail" and phase.get("crosscheck_rcode") == "SERVFAIL":

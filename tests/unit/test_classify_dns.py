@@ -1,0 +1,254 @@
+"""DNS verdicts from dns-phase facts, as tables (no network), plus the layer's pure helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+
+from probe import classify_dns as C
+from probe.classify_dns import BaselineDns, is_bogon, is_public_name, judge, judge_phase
+from probe.layers.dns import parse_reply, system_nameservers
+from probe.mock.dns import build_reply
+from probe.observations import Observation, Phase, Sample
+from probe.results import TargetResult
+
+NAME = "web.whatsapp.com"
+
+
+def phase(**facts: Any) -> Phase:
+    facts.setdefault("ok", True)
+    facts.setdefault("name", NAME)
+    facts.setdefault("resolver", "system")
+    return Phase.model_validate(facts)
+
+
+def failed(failure: str, **facts: Any) -> Phase:
+    return phase(ok=False, failure=failure, answers=[], **facts)
+
+
+OK = ("ok",)  # the verdict is None: nothing to complain about
+
+# (case, phase facts, baseline, expected (status, reason) or OK), in the order judge_phase decides
+CASES: list[tuple[str, Phase, BaselineDns | None, tuple[str, ...]]] = [
+    ("nxdomain, cross-check resolves",
+     failed("nxdomain", crosscheck_answers=["157.240.1.1"], crosscheck_rcode="NOERROR"), None,
+     ("blocked", "dns.nxdomain")),
+    ("no answer, cross-check resolves",
+     failed("no_answer", crosscheck_answers=["157.240.1.1"]), None, ("blocked", "dns.nxdomain")),
+    ("forged nxdomain first, genuine later",
+     failed("nxdomain", injected=True, first_answers=[], later_answers=["157.240.1.1"],
+            first_rcode="NXDOMAIN", later_rcode="NOERROR"), None, ("blocked", "dns.nxdomain")),
+    ("nxdomain, baseline resolves",
+     failed("nxdomain"), BaselineDns(frozenset({"157.240.1.1"}), None),
+     ("blocked", "dns.nxdomain")),
+    ("nxdomain, cross-check nxdomain too",
+     failed("nxdomain", crosscheck_answers=[], crosscheck_rcode="NXDOMAIN"), None,
+     ("inconclusive", "target.down")),
+    ("nxdomain, baseline nxdomain too",
+     failed("nxdomain"), BaselineDns(frozenset(), "nxdomain"), ("inconclusive", "target.down")),
+    ("nxdomain, nothing to compare with",
+     failed("nxdomain"), None, ("blocked", "dns.nxdomain")),
+    ("nxdomain, the cross-check failed",
+     failed("nxdomain", crosscheck_failure="timeout", crosscheck_error="no DoH answer"), None,
+     ("blocked", "dns.nxdomain")),
+    ("silent resolver", failed("timeout", error="no reply within 5 s"), None,
+     ("blocked", "dns.timeout")),
+    ("refused", failed("refused"), None, ("blocked", "dns.refused")),
+    ("ICMP port unreachable", failed("port_unreachable"), None, ("blocked", "dns.refused")),
+    ("servfail", failed("servfail", crosscheck_answers=["157.240.1.1"]), None,
+     ("blocked", "dns.servfail")),
+    ("servfail for everyone", failed("servfail", crosscheck_rcode="SERVFAIL"), None,
+     ("inconclusive", "target.down")),
+    ("answers agree", phase(answers=["157.240.1.1"], crosscheck_answers=["157.240.1.1"]), None,
+     OK),
+    ("answers overlap", phase(answers=["157.240.1.1", "157.240.1.2"],
+                              crosscheck_answers=["157.240.1.2", "157.240.1.9"]), None, OK),
+    ("private answer the cross-check agrees with (a lab)",
+     phase(answers=["10.1.2.3"], crosscheck_answers=["10.1.2.3"]), None, OK),
+    ("private answer the baseline agrees with",
+     phase(answers=["10.1.2.3"]), BaselineDns(frozenset({"10.1.2.3"}), None), OK),
+    ("disjoint, certificate valid (a CDN)",
+     phase(answers=["157.240.9.9"], crosscheck_answers=["157.240.1.1"],
+           cert_valid_for_name=True), None, OK),
+    ("disjoint private, certificate valid (split horizon)",
+     phase(answers=["10.1.2.3"], crosscheck_answers=["157.240.1.1"],
+           cert_valid_for_name=True), None, OK),
+    ("disjoint private, no valid certificate",
+     phase(answers=["10.10.34.34"], crosscheck_answers=["157.240.1.1"],
+           cert_valid_for_name=False, cert_failure="timeout"), None, ("blocked", "dns.bogon")),
+    ("disjoint loopback, no valid certificate",
+     phase(answers=["127.0.0.66"], crosscheck_answers=["127.0.0.5"],
+           cert_valid_for_name=False, cert_failure="connection_refused"), None,
+     ("blocked", "dns.bogon")),
+    ("disjoint public, no valid certificate",
+     phase(answers=["93.184.216.34"], crosscheck_answers=["157.240.1.1"],
+           cert_valid_for_name=False, cert_failure="hostname_mismatch"), None,
+     ("blocked", "dns.mismatch")),
+    ("injected: forged first, genuine later, no cross-check",
+     phase(answers=["93.184.216.34"], injected=True, first_answers=["93.184.216.34"],
+           later_answers=["157.240.1.1"], cert_valid_for_name=False), None,
+     ("blocked", "dns.mismatch")),
+    ("forged A behind a genuine AAAA",
+     phase(answers=["10.10.34.34", "2a03:2880::1"],
+           crosscheck_answers=["157.240.1.1", "2a03:2880::1"], cert_valid_for_name=False),
+     None, ("blocked", "dns.bogon")),
+    ("disjoint from the baseline only, certificate never checked",
+     phase(answers=["157.240.9.9"]), BaselineDns(frozenset({"157.240.1.1"}), None), OK),
+    ("private answer for a public name, nothing to compare with",
+     phase(answers=["10.10.34.34"], cert_valid_for_name=False), None, ("blocked", "dns.bogon")),
+    ("private answer for a public name that serves a valid certificate",
+     phase(answers=["10.1.2.3"], cert_valid_for_name=True), None, OK),
+    ("private answer for a private name",
+     phase(name="printer.lan", answers=["192.168.1.9"]), None, OK),
+    ("public answer, nothing to compare with", phase(answers=["157.240.1.1"]), None, OK),
+]
+
+
+@pytest.mark.parametrize(("case", "facts", "baseline", "expected"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_judge_phase(case: str, facts: Phase, baseline: BaselineDns | None,
+                     expected: tuple[str, ...]) -> None:
+    verdict = judge_phase(facts, baseline)
+    if expected == OK:
+        assert verdict is None
+    else:
+        assert verdict is not None
+        assert verdict[:2] == expected
+        assert NAME in verdict[2] or "printer" in verdict[2]
+
+
+def test_detail_names_the_injection_and_the_certificate() -> None:
+    verdict = judge_phase(phase(
+        answers=["127.0.0.66"], injected=True, first_answers=["127.0.0.66"],
+        later_answers=["127.0.0.5"], crosscheck_answers=["127.0.0.5"],
+        cert_valid_for_name=False, cert_error="connection refused", cert_port=443))
+    assert verdict is not None
+    assert "injection" in verdict[2] and "127.0.0.66:443" in verdict[2]
+    assert "connection refused" in verdict[2]
+
+
+def test_unconfirmed_nxdomain_says_why() -> None:
+    verdict = judge_phase(failed("nxdomain"))
+    assert verdict is not None and "not confirmed" in verdict[2] and "settings.doh" in verdict[2]
+
+
+def sample(dns_phase: Phase, ok_after: bool = True) -> Sample:
+    s = Sample(phases={"dns": dns_phase})
+    if dns_phase.ok:
+        s.add("tcp", Phase(ok=ok_after, failure=None if ok_after else "timeout"))
+    return s
+
+
+def test_judge_takes_the_commonest_verdict_over_samples() -> None:
+    lying = phase(answers=["10.10.34.34"], crosscheck_answers=["157.240.1.1"],
+                  cert_valid_for_name=False)
+    observation = Observation(samples=[sample(lying, False), sample(lying, False),
+                                       sample(failed("timeout"))])
+    assert judge(observation)[:2] == ("blocked", "dns.bogon")  # type: ignore[index]
+
+
+def test_judge_degraded_when_other_samples_went_through() -> None:
+    lying = phase(answers=["10.10.34.34"], crosscheck_answers=["157.240.1.1"],
+                  cert_valid_for_name=False)
+    honest = phase(answers=["157.240.1.1"], crosscheck_answers=["157.240.1.1"])
+    verdict = judge(Observation(samples=[sample(lying, False), sample(honest)]))
+    assert verdict is not None
+    assert verdict[:2] == ("degraded", "dns.bogon") and "1 of 2 samples" in verdict[2]
+
+
+def test_judge_none_without_dns_phase_or_complaint() -> None:
+    assert judge(Observation(samples=[Sample(phases={"tcp": Phase(ok=False)})])) is None
+    honest = phase(answers=["157.240.1.1"], crosscheck_answers=["157.240.1.1"])
+    assert judge(Observation(samples=[sample(honest, ok_after=False)])) is None
+
+
+def test_judge_uses_the_baseline_target() -> None:
+    base_phase = phase(answers=["157.240.1.1"])
+    baseline = TargetResult(platform="wa", feature="web", url=f"dns://{NAME}", status="ok",
+                            reason="ok", observation=Observation(samples=[sample(base_phase)]))
+    now = Observation(samples=[Sample(phases={"dns": failed("nxdomain")})])
+    verdict = judge(now, baseline)
+    assert verdict is not None and "baseline resolves it to 157.240.1.1" in verdict[2]
+    assert C.baseline_dns(baseline) == BaselineDns(frozenset({"157.240.1.1"}), None)
+
+
+def test_note_when_answers_were_not_cross_checked() -> None:
+    unchecked = Observation(samples=[sample(phase(answers=["157.240.1.1"]))])
+    assert "not cross-checked" in (C.note(unchecked) or "")
+    checked = Observation(samples=[sample(phase(answers=["1.1.1.1"],
+                                                crosscheck_answers=["1.1.1.1"]))])
+    assert C.note(checked) is None
+
+
+@pytest.mark.parametrize(("address", "bogon"), [
+    ("10.10.34.34", True), ("192.168.1.1", True), ("172.16.0.1", True), ("127.0.0.66", True),
+    ("169.254.1.1", True), ("100.64.0.1", True), ("0.0.0.0", True), ("224.0.0.1", True),
+    ("192.0.2.1", True), ("240.0.0.1", True), ("::1", True), ("fe80::1", True),
+    ("fc00::1", True), ("::ffff:10.0.0.1", True), ("not an address", True),
+    ("157.240.1.1", False), ("8.8.8.8", False), ("2a03:2880::1", False),
+    ("::ffff:8.8.8.8", False),
+])
+def test_is_bogon(address: str, bogon: bool) -> None:
+    assert is_bogon(address) is bogon
+
+
+@pytest.mark.parametrize(("name", "public"), [
+    ("web.whatsapp.com", True), ("WEB.WHATSAPP.COM.", True), ("localhost", False),
+    ("printer.lan", False), ("svc.internal", False), ("a.test", False), ("router", False),
+    ("nas.home.arpa", False), ("latest.com", True),
+])
+def test_is_public_name(name: str, public: bool) -> None:
+    assert is_public_name(name) is public
+
+
+def test_shares_address_compares_the_used_family() -> None:
+    assert C.shares_address(["1.1.1.1", "::1"], ["1.1.1.1"])
+    assert not C.shares_address(["10.0.0.1", "2a03::1"], ["1.1.1.1", "2a03::1"])
+    assert C.shares_address(["2a03::1"], ["1.1.1.1", "2a03::1"])
+    assert not C.shares_address(["2a03::2"], ["1.1.1.1"])  # other family only: compared as is
+    assert not C.shares_address([], ["1.1.1.1"])
+
+
+# --- the layer's pure helpers -----------------------------------------------------------
+
+
+def test_system_nameservers_from_resolv_conf_text() -> None:
+    text = ("# a comment\nsearch lan\nnameserver 192.168.1.1\nnameserver  fe80::1%eth0 # x\n"
+            "nameserver not-an-address\noptions edns0\n;nameserver 9.9.9.9\nnameserver 1.1.1.1")
+    assert system_nameservers(text) == ["192.168.1.1", "fe80::1%eth0", "1.1.1.1"]
+    assert system_nameservers("") == []
+
+
+def test_parse_reply_reads_answers_and_rejects_others() -> None:
+    query = dns.message.make_query(NAME, "A")
+    reply = build_reply(query, {NAME: ["157.240.1.1", "157.240.1.2", "::1"]})
+    got = parse_reply(reply.to_wire(), query)
+    assert got is not None and (got.rcode, got.ttl, got.truncated) == ("NOERROR", 60, False)
+    assert sorted(got.addresses) == ["157.240.1.1", "157.240.1.2"]  # in wire order, shuffled
+    other = dns.message.make_query(NAME, "A")
+    assert parse_reply(build_reply(other, {}).to_wire(), query) is None  # another id
+    assert parse_reply(b"", query) is None
+    assert parse_reply(b"\x00" * 3, query) is None
+    assert parse_reply(reply.to_wire()[:-3], query) is None  # truncated in the middle
+
+
+def test_parse_reply_rcodes_and_truncation() -> None:
+    query = dns.message.make_query(NAME, "A")
+    nx = parse_reply(build_reply(query, {}).to_wire(), query)
+    assert nx is not None and nx.rcode == "NXDOMAIN" and nx.failure == "nxdomain"
+    refused = build_reply(query, {}, dns.rcode.REFUSED)
+    refused.question = []  # refusals may come without a question section
+    got = parse_reply(refused.to_wire(), query)
+    assert got is not None and got.failure == "refused"
+    empty = build_reply(query, {NAME: ["::1"]})  # AAAA only: no A record
+    got = parse_reply(empty.to_wire(), query)
+    assert got is not None and got.failure == "no_answer"
+    empty.flags |= dns.flags.TC
+    got = parse_reply(empty.to_wire(), query)
+    assert got is not None and got.truncated
+    formerr = parse_reply(build_reply(query, {}, dns.rcode.FORMERR).to_wire(), query)
+    assert formerr is not None and formerr.failure == "servfail" and formerr.rcode == "FORMERR"
