@@ -79,6 +79,7 @@ class _Exchange(asyncio.DatagramProtocol):
         self.sent_at: list[float] = []
         self.answered_at: list[float | None] = [None] * count
         self.late: set[int] = set()
+        self.answered = 0
         self.count = count
         self.duplicates = 0
         self.malformed = 0  # not STUN, or not an answer to any request of ours
@@ -98,10 +99,6 @@ class _Exchange(asyncio.DatagramProtocol):
         self.sent_at.append(self.loop.time())
         self.transport.sendto(stun.encode_message(request))
 
-    @property
-    def answered(self) -> int:
-        return sum(1 for t in self.answered_at if t is not None)
-
     def datagram_received(self, data: bytes, addr: Any) -> None:
         now = self.loop.time()
         try:
@@ -120,6 +117,7 @@ class _Exchange(asyncio.DatagramProtocol):
             self.late.add(number)
             return
         self.answered_at[number] = now
+        self.answered += 1
         error = message.find(stun.ErrorCode)
         if error is not None:
             self.error_codes.append(error.code)  # still an answer: a STUN server is there
