@@ -70,6 +70,33 @@ def test_stun_ok(run: Run_, make_catalog: MakeCatalog) -> None:
     assert result.samples == 1  # the engine called the layer once: its requests are the samples
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize("url", ["stun://[::1]:{port}", "turn://[::1]:{port}?transport=tcp"])
+def test_ipv6(run: Run_, make_catalog: MakeCatalog, url: str) -> None:
+    result, server, _ = run(against(make_catalog, "ok", url.replace("{host}", "::1"), host="::1"))
+    assert result.reason == "ok"
+    assert {ip for ip, _ in server.clients} == {"::1"}
+    if url.startswith("stun"):
+        assert phase(result, "stun")["nat"] is False
+
+
+def test_named_target_with_address_skips_the_resolver(
+    run: Run_, make_catalog: MakeCatalog
+) -> None:
+    result, _, _ = run(against(make_catalog, "ok", "stun://stun.mock.test:{port}",
+                               target={"address": "127.0.0.1"}))
+    assert result.reason == "ok" and "dns" not in result.phases
+
+
 def test_stun_silent_is_udp_timeout(run: Run_, make_catalog: MakeCatalog) -> None:
     result, server, _ = run(against(make_catalog, "silent", STUN))
     assert (result.status, result.reason) == ("blocked", "udp.timeout")
