@@ -108,8 +108,18 @@ def _join(addresses: Iterable[str]) -> str:
     return ", ".join(addresses) or "nothing"
 
 
-def judge_phase(phase: Phase, baseline: BaselineDns | None = None) -> Verdict | None:
-    """The verdict one `dns` phase calls for, or None when the name resolved acceptably."""
+# Certificate-check failures that showed a certificate, and a wrong one: positive evidence.
+_WRONG_CERTIFICATE = (F.UNTRUSTED_CERTIFICATE, F.HOSTNAME_MISMATCH)
+
+
+def judge_phase(phase: Phase, baseline: BaselineDns | None = None,
+                reached: bool = False) -> Verdict | None:
+    """The verdict one `dns` phase calls for, or None when the name resolved acceptably.
+
+    `reached`: a later layer of the same sample worked at the answered address (connected,
+    answered STUN...). A public answer that does that and merely shows no certificate at all
+    (no TLS on port 443: a chat port speaking its own protocol) is not called a mismatch.
+    """
     name = phase.get("name") or "the name"
     who = f"resolver ({phase.get('resolver') or 'system'})"
     crosscheck = list(phase.get("crosscheck_answers") or [])
@@ -167,6 +177,8 @@ def judge_phase(phase: Phase, baseline: BaselineDns | None = None) -> Verdict | 
     if cert_valid is None:
         return None  # disjoint, but the certificate was never checked: cannot judge
     kind = "dns.bogon" if is_bogon(used) else "dns.mismatch"
+    if kind == "dns.mismatch" and reached and phase.get("cert_failure") not in _WRONG_CERTIFICATE:
+        return None
     against = ("DoH cross-check" if crosscheck else "later reply" if later else "baseline")
     refs = crosscheck or later or base
     return ("blocked", kind,
@@ -221,7 +233,8 @@ def judge(observation: Observation, baseline_target: TargetResult | None = None)
         phase = sample.phases.get("dns")
         if phase is None:
             continue
-        verdict = judge_phase(phase, baseline)
+        reached = any(p.ok for layer, p in sample.phases.items() if layer != "dns")
+        verdict = judge_phase(phase, baseline, reached)
         if verdict is not None:
             verdicts.append(verdict)
         elif sample.ok:

@@ -121,6 +121,23 @@ def test_judge_phase(case: str, facts: Phase, baseline: BaselineDns | None,
         assert NAME in verdict[2] or "printer" in verdict[2]
 
 
+def test_public_answer_that_works_without_tls_on_443_is_not_a_mismatch() -> None:
+    """tcp://g.whatsapp.net:5222 from a different CDN edge: the chat port connects, port 443
+    shows no certificate. Only a wrong certificate is evidence then."""
+    silent_443 = phase(answers=["157.240.9.9"], crosscheck_answers=["157.240.1.1"],
+                       cert_valid_for_name=False, cert_failure="timeout")
+    assert judge_phase(silent_443, reached=True) is None
+    assert judge_phase(silent_443, reached=False)[:2] == ("blocked", "dns.mismatch")  # type: ignore[index]
+    wrong = phase(answers=["157.240.9.9"], crosscheck_answers=["157.240.1.1"],
+                  cert_valid_for_name=False, cert_failure="hostname_mismatch")
+    assert judge_phase(wrong, reached=True)[:2] == ("blocked", "dns.mismatch")  # type: ignore[index]
+    private = phase(answers=["10.10.34.34"], crosscheck_answers=["157.240.1.1"],
+                    cert_valid_for_name=False, cert_failure="timeout")
+    assert judge_phase(private, reached=True)[:2] == ("blocked", "dns.bogon")  # type: ignore[index]
+    verdict = judge(Observation(samples=[sample(silent_443, ok_after=True)]))
+    assert verdict is None
+
+
 def test_detail_names_the_injection_and_the_certificate() -> None:
     verdict = judge_phase(phase(
         answers=["127.0.0.66"], injected=True, first_answers=["127.0.0.66"],
