@@ -172,6 +172,8 @@ def check_hostname(host: str) -> str:
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     """'1.2.3.4', '1.2.3.4:5353', '[::1]:53' or '::1' -> (host, port)."""
     if text.startswith("["):
+        if "]" not in text:
+            raise ValueError(f"unclosed '[' in {text!r}")
         host, _, rest = text[1:].partition("]")
         port = int(rest[1:]) if rest[1:].isdigit() and rest.startswith(":") else (
             default_port if not rest else -1)

@@ -83,7 +83,8 @@ def parse(text: str, filename: str) -> Parsed:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = " ".join(str(exc.problem or exc.context or "not valid YAML").split())
+        said = [str(part) for part in (exc.context, exc.problem) if part]
+        message = " ".join(", ".join(said or ["not valid YAML"]).split())
         raise _fatal(filename, line, col, f"not valid YAML: {message}") from None
     except RecursionError:
         raise _fatal(filename, 1, 1, "not valid YAML: nested too deeply") from None
@@ -92,9 +93,48 @@ def parse(text: str, filename: str) -> Parsed:
         raise _fatal(filename, 1, 1, f"not valid YAML: {message}") from None
     if root is None:
         raise _fatal(filename, 1, 1, "empty catalog (only comments)")
+    if _expanded_size(root) > MAX_NODES:
+        raise _fatal(filename, 1, 1, f"too large: more than {MAX_NODES} values after expanding "
+                     "aliases")
     builder = _Builder(lines, filename, yaml.constructor)
     document = builder.plain(root, (), 0)
     return Parsed(document, builder.positions, builder.comments, builder.problems)
+
+
+def _expanded_size(root: Any) -> int:
+    """How many values the document has once aliases are expanded, without expanding them.
+
+    Sizes are memoised per node, so a "billion laughs" document costs as much as its text.
+    A node reached again while its own size is being computed (a cycle) counts once; the
+    builder reports the cycle.
+    """
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    pending: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, SequenceNode):
+            children = list(node.value)
+        else:
+            sizes[key] = 1
+            continue
+        if children_done:
+            pending.discard(key)
+            sizes[key] = min(1 + sum(sizes.get(id(c), 1) for c in children), MAX_NODES + 1)
+            continue
+        if key in pending:
+            continue
+        pending.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes and id(c) not in pending)
+    return sizes.get(id(root), 1)
 
 
 class _Builder:
@@ -189,6 +229,11 @@ class _Builder:
             first[key] = key_node
             self.key(key_node, path, key)
             out[key] = self.plain(value_node, path + (key,), depth + 1)
+            if isinstance(value_node, ScalarNode) and value_node.value == "" and \
+                    value_node.style is None:
+                # `chat:` with nothing after it: the empty value sits on the next line; point
+                # at the key the user wrote instead
+                self.positions[path + (key,)] = self.positions[path + ("<key>", key)]
         # '<<: *base' fills in keys the mapping does not set itself; earlier sources win
         for source in merged:
             self.active.add(id(source))
@@ -228,7 +273,8 @@ class _Builder:
                         break
         for mark in ends:
             if 0 <= mark.line < len(self.lines):
-                rest = self.lines[mark.line][mark.column :].lstrip(" \t")
+                # `- [tcp://a:1]  # source: x` closes a flow list before the comment
+                rest = self.lines[mark.line][mark.column :].lstrip(" \t]}")
                 if rest.startswith("#"):
                     return rest.lstrip("#").strip() or None
         return None
