@@ -19,7 +19,9 @@ from probe.catalog import Job
 from probe.failures import TIMEOUT, Failed, classify_exception
 from probe.layers import Context
 from probe.layers.dns import resolve
-from probe.observations import Phase, Sample
+from probe.observations import Observation, Phase, Sample
+
+OTHER_ADDRESSES_MAX = 3  # the diagnosis tries at most this many other addresses of the name
 
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32s; tcpi_rtt is the 16th u32, in µs.
 _TCPI_RTT_OFFSET = 8 + 15 * 4
@@ -103,3 +105,41 @@ async def measure(job: Job, ctx: Context) -> Sample:
     if sock is not None:
         abort(sock)  # a connect is all tcp:// asks; RST leaves no state behind on either side
     return sample
+
+
+async def other_addresses(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
+    """After every sample timed out at connect, whether other addresses of the name connect.
+
+    One address silently dropped while its siblings answer points at an IP blackhole (or one
+    dead server); all of them dropping points at the name or the whole service. Empty when it
+    does not apply: an IP literal, `address:`, a name with a single address, or another failure.
+    """
+    tried: list[str] = []
+    answers: list[str] = []
+    for sample in observation.samples:
+        failed = sample.failed
+        if failed is None or failed != ("tcp", failed[1]) or failed[1].failure != TIMEOUT:
+            return {}
+        tried.append(str(failed[1].get("address")))
+        dns = sample.phases.get("dns")
+        if dns is not None:
+            answers = [str(a) for a in dns.get("answers") or []]
+    others = [a for a in dict.fromkeys(answers) if a not in tried][:OTHER_ADDRESSES_MAX]
+    if job.target.address or not others:
+        return {}
+    start = time.perf_counter()
+    scratch = [Sample() for _ in others]
+    socks = await asyncio.gather(*(
+        connect(job, ctx, s, a, target_port(job)) for s, a in zip(scratch, others, strict=True)))
+    connected = [a for a, sock in zip(others, socks, strict=True) if sock is not None]
+    for sock in socks:
+        if sock is not None:
+            abort(sock)
+    return {"other_addresses": Phase(
+        ok=bool(connected), ms=elapsed_ms(start), tried=others, connected=connected,
+        failure=None if connected else TIMEOUT,
+        error=None if connected else f"none of {len(others)} other addresses connected")}
+
+
+async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
+    return await other_addresses(job, ctx, observation)

@@ -28,10 +28,19 @@ import time
 from typing import Any
 
 from probe.catalog import Job
-from probe.failures import CONNECTION_RESET, EOF_, TIMEOUT, TLS_ALERT, Failed, classify_exception
+from probe.failures import (
+    CONNECTION_RESET,
+    EOF_,
+    HOSTNAME_MISMATCH,
+    TIMEOUT,
+    TLS_ALERT,
+    UNTRUSTED_CERTIFICATE,
+    Failed,
+    classify_exception,
+)
 from probe.layers import Context
 from probe.layers.dns import resolve
-from probe.layers.tcp import abort, connect, elapsed_ms, target_port
+from probe.layers.tcp import abort, connect, elapsed_ms, other_addresses, target_port
 from probe.observations import Observation, Phase, Sample
 
 # A name nobody blocks: IANA's reserved example domain (RFC 2606). Override with
@@ -278,14 +287,46 @@ async def take_control(job: Job, ctx: Context, address: str, port: int) -> None:
         await asyncio.shield(control.task)
 
 
+async def presented_certificate(job: Job, ctx: Context, address: str, port: int) -> Phase:
+    """The certificate the server presents for the target's SNI, read without verifying it.
+
+    After a verification failure OpenSSL keeps no certificate, yet the issuer is the evidence
+    that tells interception (a national CA) from a platform's own change: one more handshake,
+    with verification off, reads it.
+    """
+    scratch = Sample()
+    start = time.perf_counter()
+    sock = await connect(job, ctx, scratch, address, port)
+    if sock is None:
+        tcp = scratch.phases["tcp"]
+        return Phase(ok=False, ms=elapsed_ms(start), failure=tcp.failure, error=tcp.error)
+    wire = await handshake(job, ctx, scratch, sock, ctx.ssl_context(verify=False), target_sni(job))
+    if wire is None:
+        tls = scratch.phases["tls"]
+        return Phase(ok=False, ms=elapsed_ms(start), failure=tls.failure, error=tls.error)
+    wire.abort()
+    tls = scratch.phases["tls"]
+    facts = {k: tls.get(k) for k in ("subject", "issuer", "spki_sha256")}
+    return Phase(ok=True, ms=elapsed_ms(start), **facts)
+
+
 async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
-    """The `sni_control` step, when every sample failed in the handshake without a certificate
-    error; empty otherwise."""
+    """The steps that apply when every sample failed: other addresses after a connect timeout,
+    the certificate after a verification failure, the SNI swap after a handshake timeout,
+    reset, EOF or alert."""
+    if tcp_steps := await other_addresses(job, ctx, observation):
+        return tcp_steps
     where: tuple[str, int] | None = None
     for sample in observation.samples:
         failed = sample.failed
         if failed is None or failed[0] != "tls":
             continue
+        if failed[1].failure in (UNTRUSTED_CERTIFICATE, HOSTNAME_MISMATCH):
+            tcp = sample.phases.get("tcp")
+            if tcp is None or not tcp.ok:
+                return {}
+            address, port = tcp.get("address"), tcp.get("port")
+            return {"certificate": await presented_certificate(job, ctx, address, port)}
         if failed[1].failure not in SWAP_AFTER:
             return {}
         tcp = sample.phases.get("tcp")
@@ -308,7 +349,8 @@ async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str
 
 
 def budget(job: Job) -> float:
-    """dns, the control (connect + handshake), connect, handshake: five timeouts at most."""
+    """dns, the control (connect + handshake), connect, handshake: five timeouts at most;
+    the engine gives `diagnose` the same budget again."""
     return job.timeout * 7 + 1.0  # one timeout spare
 
 
