@@ -69,3 +69,13 @@ def make_job() -> Callable[..., Job]:
         return next(loopback_catalog(target, **settings).jobs())
 
     return job
+
+
+@pytest.fixture(autouse=True)
+def no_host_resolver(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A test that forgets `resolver:` must not reach the host's resolver: `system` here means
+    a loopback address where nothing answers, so such a test fails with dns.timeout instead."""
+    folder = tmp_path_factory.mktemp("resolv")
+    fake = folder / "resolv.conf"
+    fake.write_text("nameserver 127.255.255.254\n")
+    monkeypatch.setattr("probe.layers.dns.RESOLV_CONF", str(fake))
