@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,7 +34,7 @@ MAX_DEPTH = 64  # a catalog is at most ~8 levels deep
 _CORE = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null")}
 # The line breaks ruamel's reader counts, so that our line numbers match its marks.
-_LINE_BREAK = re.compile("\r\n|\r|\n|\x85|\u2028|\u2029")
+_LINE_BREAK = re.compile("\r\n|\r|\n")
 
 
 @dataclass
@@ -71,6 +72,7 @@ def parse(text: str, filename: str) -> Parsed:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError
 
+    text = text.removeprefix("\ufeff")  # a byte-order mark: not content, not a column
     if not text.strip():
         raise _fatal(filename, 1, 1, "empty catalog")
     lines = _LINE_BREAK.split(text)
@@ -79,7 +81,9 @@ def parse(text: str, filename: str) -> Parsed:
         raise CatalogError(tabs)
     yaml = YAML(typ="safe", pure=True)
     try:
-        root = yaml.compose(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a reused anchor is valid YAML: the later one counts
+            root = yaml.compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

@@ -1,0 +1,206 @@
+"""The shipped catalog and profiles: valid, complete, sourced, and free of the known traps.
+
+These tests only read files: no endpoint is contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from probe import catalog, targets_view
+from probe.catalog import LoadedCatalog
+
+DATA = Path(catalog.__file__).parent / "data"
+SHIPPED = DATA / "probes.yaml"
+ROOT_LINK = Path(catalog.__file__).parent.parent / "probes.yaml"
+FEATURES = {"messaging", "media", "calls", "web"}
+# Viber has no stable, testable call endpoint (per-call AWS relays, proprietary UDP); its
+# catalog entry says so in a comment instead of shipping a low-confidence address.
+NO_CALLS = {"viber"}
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LoadedCatalog:
+    return catalog.load(SHIPPED)
+
+
+def with_profiles() -> list[str | None]:
+    return [None, *catalog.profile_names()]
+
+
+def all_targets(loaded: LoadedCatalog) -> list[tuple[str | None, str | None, int, catalog.Target]]:
+    out: list[tuple[str | None, str | None, int, catalog.Target]] = [
+        (None, None, i, c) for i, c in enumerate(loaded.catalog.controls)]
+    for pid, platform in loaded.catalog.platforms.items():
+        for fid, feature in platform.features.items():
+            out += [(pid, fid, i, t) for i, t in enumerate(feature.targets)]
+    return out
+
+
+def test_repository_probes_yaml_is_a_link_to_the_shipped_one() -> None:
+    if not ROOT_LINK.exists():
+        pytest.skip("not running from a source checkout")
+    assert ROOT_LINK.is_symlink()
+    assert os.readlink(ROOT_LINK) == "probe/data/probes.yaml"
+    assert ROOT_LINK.resolve() == SHIPPED.resolve()
+
+
+def test_shipped_profiles_exist() -> None:
+    assert {"ru", "cn", "ir", "ae"} <= set(catalog.profile_names())
+
+
+@pytest.mark.parametrize("profile", with_profiles())
+def test_catalog_and_every_profile_validate(profile: str | None) -> None:
+    loaded = catalog.load(SHIPPED, profile=profile)
+    assert len(loaded.catalog.platforms) >= 6
+    assert len(loaded.catalog.controls) >= 3
+    if profile:
+        assert any(c.domestic for c in loaded.catalog.controls), "a profile adds domestic controls"
+        assert loaded.profile == profile
+
+
+def test_six_platforms_with_their_features(shipped: LoadedCatalog) -> None:
+    platforms = shipped.catalog.platforms
+    assert {"whatsapp", "telegram", "signal", "messenger", "discord", "viber"} <= set(platforms)
+    for pid, platform in platforms.items():
+        assert platform.name, pid
+        assert set(platform.features) <= FEATURES, pid
+        assert {"messaging", "web"} <= set(platform.features), pid
+
+
+@pytest.mark.parametrize("profile", with_profiles())
+def test_every_platform_with_calls_has_a_udp_calls_target(profile: str | None) -> None:
+    loaded = catalog.load(SHIPPED, profile=profile)
+    for pid, platform in loaded.catalog.platforms.items():
+        if pid in NO_CALLS:
+            assert "calls" not in platform.features
+            continue
+        calls = platform.features.get("calls")
+        assert calls is not None, f"{pid} has no calls feature"
+        schemes = {t.endpoint.scheme for t in calls.targets}
+        assert schemes & set(catalog.UDP_SCHEMES), f"{pid} calls has no UDP target: {schemes}"
+
+
+def test_viber_explains_why_it_has_no_calls() -> None:
+    text = SHIPPED.read_text()
+    viber = text[text.index("\n  viber:"):]
+    assert "# calls: no stable, testable endpoint" in viber
+
+
+@pytest.mark.parametrize("profile", with_profiles())
+def test_no_duplicate_targets(profile: str | None) -> None:
+    loaded = catalog.load(SHIPPED, profile=profile)
+    controls = [c.url for c in loaded.catalog.controls]
+    assert len(controls) == len(set(controls))
+    platform_urls = set()
+    for pid, platform in loaded.catalog.platforms.items():
+        urls = [t.url for f in platform.features.values() for t in f.targets]
+        assert len(urls) == len(set(urls)), f"{pid} lists a target twice"
+        platform_urls |= set(urls)
+    # a control that is also a platform target would make one failure count twice
+    assert not set(controls) & platform_urls
+
+
+@pytest.mark.parametrize("profile", with_profiles())
+def test_every_endpoint_carries_a_source_comment(profile: str | None) -> None:
+    loaded = catalog.load(SHIPPED, profile=profile)
+    missing = [(pid, fid, t.url) for pid, fid, i, t in all_targets(loaded)
+               if "source:" not in (loaded.source_of(pid, fid, i) or "")]
+    assert not missing
+
+
+def test_many_endpoint_features_need_any(shipped: LoadedCatalog) -> None:
+    p = shipped.catalog.platforms
+    assert p["whatsapp"].features["messaging"].need == "any"
+    assert p["telegram"].features["messaging"].need == "any"
+    assert p["telegram"].features["calls"].need == "any"
+    chat = [t.url for t in p["whatsapp"].features["messaging"].targets]
+    for n in range(1, 17):  # OONI's e1..e16 on both ports
+        assert f"tcp://e{n}.whatsapp.net:5222" in chat and f"tcp://e{n}.whatsapp.net:443" in chat
+
+
+def test_need_default_documented_at_the_top() -> None:
+    head = SHIPPED.read_text().split("\nversion: 1", 1)[0]
+    assert "need: all   (the DEFAULT" in head and "need: any" in head
+
+
+def test_known_traps_avoided(shipped: LoadedCatalog) -> None:
+    for pid, fid, _, t in all_targets(shipped):
+        e = t.endpoint
+        # WhatsApp chat is Noise, not TLS
+        if e.host == "g.whatsapp.net" or (e.host.startswith("e") and e.host.endswith(".whatsapp.net")
+                                           and e.host[1:-len(".whatsapp.net")].isdigit()):
+            assert e.scheme == "tcp", t.url
+        # Telegram DCs are MTProto on IP literals, not TLS
+        if pid == "telegram" and e.is_ip:
+            assert e.scheme in ("tcp", "stun", "turn"), t.url
+        # Signal's service hosts need Signal's own root
+        if e.host.endswith(".signal.org") and e.scheme in ("tls", "https"):
+            assert t.ca_file and Path(t.ca_file).name == "signal-root.pem", t.url
+        # the SFU drops unauthenticated STUN
+        assert not (e.host == "sfu.voip.signal.org" and e.scheme in ("stun", "turn"))
+        # Discord voice servers do not speak STUN
+        assert not (e.host.endswith("discord.media") and e.scheme in ("stun", "turn"))
+
+
+def test_signal_targets_resolve_the_shipped_root(shipped: LoadedCatalog) -> None:
+    jobs = [j for j in shipped.jobs({"signal"}) if j.platform == "signal"]
+    with_ca = [j for j in jobs if j.ca_files]
+    assert with_ca
+    for job in with_ca:
+        assert all(Path(f).is_file() for f in job.ca_files)
+        assert Path(job.ca_files[-1]).resolve() == (DATA / "certs" / "signal-root.pem").resolve()
+
+
+def test_signal_root_is_the_2022_signal_messenger_root() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate((DATA / "certs" / "signal-root.pem").read_bytes())
+    org = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    assert org == "Signal Messenger, LLC" and cert.subject == cert.issuer
+    assert (cert.not_valid_before_utc.year, cert.not_valid_after_utc.year) == (2022, 2032)
+    # a transcription error anywhere in the PEM would break the self-signature
+    cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
+                             cert.signature_hash_algorithm)
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert basic.ca
+
+
+def test_ssl_accepts_the_signal_root() -> None:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.load_verify_locations(str(DATA / "certs" / "signal-root.pem"))
+
+
+@pytest.mark.parametrize("profile", with_profiles())
+def test_schema_accepts_the_shipped_files(profile: str | None) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from probe import yamlpos
+
+    document = yamlpos.parse(SHIPPED.read_text(), "probes.yaml").document
+    jsonschema.validate(document, catalog.json_schema())
+    if profile:
+        path = catalog.profile_path(profile)
+        overlay = yamlpos.parse(path.read_text(), str(path)).document
+        jsonschema.validate(overlay, catalog.json_schema("profile"))
+
+
+def test_targets_view_lists_every_target_with_its_source(shipped: LoadedCatalog) -> None:
+    rows = json.loads(targets_view.render_targets(shipped, "json"))
+    every = all_targets(shipped)
+    assert len(rows) == len(every)
+    assert [r["url"] for r in rows] == [t.url for *_, t in every]
+    assert all(r["source"] and r["source"].startswith("source:") for r in rows)
+    assert set(rows[0]) == {"platform", "feature", "need", "url", "name", "source", "domestic"}
+    tree = targets_view.render_targets(shipped, "tree", width=1000)
+    for *_, t in every:
+        assert t.url in tree
+    assert "messaging (need any)" in tree and "WhatsApp (whatsapp)" in tree
+    assert targets_view.summary(shipped).startswith(f"{shipped.path}: ok - 6 platforms")
