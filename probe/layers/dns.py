@@ -25,6 +25,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import httpx
 
@@ -103,7 +104,8 @@ def parse_reply(wire: bytes, query: dns.message.Message) -> Reply | None:
     addresses: list[str] = []
     ttls: list[int] = []
     for rrset in message.answer:  # following CNAMEs: every address record in the answer
-        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        if rrset.rdclass == dns.rdataclass.IN and rrset.rdtype in (dns.rdatatype.A,
+                                                                    dns.rdatatype.AAAA):
             addresses.extend(str(rdata.address) for rdata in rrset)
             ttls.append(rrset.ttl)
     return Reply(

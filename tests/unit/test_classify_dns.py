@@ -8,6 +8,8 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from probe import classify_dns as C
 from probe.classify_dns import BaselineDns, is_bogon, is_public_name, judge, judge_phase
@@ -269,3 +271,23 @@ def test_parse_reply_rcodes_and_truncation() -> None:
     assert got is not None and got.truncated
     formerr = parse_reply(build_reply(query, {}, dns.rcode.FORMERR).to_wire(), query)
     assert formerr is not None and formerr.failure == "servfail" and formerr.rcode == "FORMERR"
+
+
+@given(st.binary(max_size=600))
+def test_parse_reply_never_raises_on_hostile_bytes(wire: bytes) -> None:
+    query = dns.message.make_query(NAME, "A")
+    # Give half the inputs the query's id, so the parser gets past the id check.
+    for candidate in (wire, query.id.to_bytes(2, "big") + b"\x81\x80" + wire[4:]):
+        reply = parse_reply(candidate, query)
+        assert reply is None or isinstance(reply.addresses, list)
+
+
+def test_parse_reply_ignores_address_records_of_another_class() -> None:
+    """Found by fuzzing: an A record of an unknown class parses as generic rdata with no address."""
+    query = dns.message.make_query(NAME, "A")
+    reply = build_reply(query, {NAME: ["157.240.1.1"]})
+    wire = bytearray(reply.to_wire())
+    # The answer ends type(2) class(2) ttl(4) rdlength(2) address(4): its class is at -12.
+    wire[-12:-10] = (0x1234).to_bytes(2, "big")  # a class nobody defined
+    got = parse_reply(bytes(wire), query)
+    assert got is not None and got.addresses == []
