@@ -28,7 +28,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -114,7 +113,8 @@ def parse_percent(value: Any) -> float:
 
 def _unit_schema(pattern: str, description: str) -> WithJsonSchema:
     return WithJsonSchema({
-        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": pattern}],
+        "anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                  {"type": "string", "pattern": pattern}],
         "description": description,
     })
 
@@ -273,8 +273,8 @@ def _ca_path(value: str | None, info: ValidationInfo) -> str | None:
 
 class Settings(Strict):
     timeout: Duration = 5.0
-    attempts: int = Field(3, ge=1, le=1000)
-    concurrency: int = Field(64, ge=1, le=100_000)
+    attempts: int = Field(default=3, ge=1, le=1000)
+    concurrency: int = Field(default=64, ge=1, le=100_000)
     resolver: str = "system"
     doh: str | None = None
     ca_file: str | None = None
@@ -323,7 +323,7 @@ class Target(Strict):
     ca_file: str | None = None
     alpn: list[str] | None = None
     timeout: Duration | None = None
-    attempts: int | None = Field(None, ge=1, le=1000)
+    attempts: int | None = Field(default=None, ge=1, le=1000)
     expect: Expect = Expect()
     sustain: Duration | None = None
 
@@ -465,7 +465,8 @@ class Job:
         return self.platform is None
 
 
-SourceKey = tuple[str | None, str | None, int]  # (platform, feature, index); controls: (None, None, i)
+# (platform, feature, index); a control is (None, None, index)
+SourceKey = tuple[str | None, str | None, int]
 
 
 @dataclass(frozen=True)

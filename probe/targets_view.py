@@ -1,9 +1,10 @@
-"""What a catalog would test, for `probe targets` and `probe validate`: a tree, JSON or a summary."""
+"""What a catalog would test, for `probe targets` and `probe validate`: tree, JSON, summary."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 from typing import Any, Literal
 
 from probe.catalog import LoadedCatalog, Target
@@ -35,13 +36,16 @@ def _row(loaded: LoadedCatalog, pid: str | None, fid: str | None, need: str | No
     }
 
 
-def render_targets(loaded: LoadedCatalog, fmt: str = "tree", width: int = 120) -> str:
-    """The catalog as text: "tree" (platform -> feature (need) -> target, source) or "json"."""
+def render_targets(loaded: LoadedCatalog, fmt: str = "tree", width: int | None = None) -> str:
+    """The catalog as text: "tree" (platform -> feature (need) -> target, source) or "json".
+
+    The tree wraps at `width` columns, by default the terminal's (120 when not a terminal).
+    """
     if fmt == "json":
         return json.dumps(rows(loaded), indent=2, ensure_ascii=False) + "\n"
     if fmt != "tree":
         raise ValueError(f"unknown format {fmt!r} (tree or json)")
-    return _tree(loaded, width)
+    return _tree(loaded, width or shutil.get_terminal_size((120, 24)).columns)
 
 
 def _label(url: str, name: str | None, source: str | None, extra: str = "") -> Any:

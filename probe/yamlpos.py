@@ -25,7 +25,8 @@ from pydantic import BaseModel, ValidationError
 from probe.errors import CatalogError, CatalogProblem
 
 Path_ = tuple[str | int, ...]
-Positions = dict[Path_, tuple[int, int]]  # path -> (line, col), 1-based; keys at path[:-1]+("<key>", k)
+# path -> (line, col), 1-based; a key's own position is at path[:-1] + ("<key>", key)
+Positions = dict[Path_, tuple[int, int]]
 AllowedKeys = Callable[[Path_], Sequence[str]]
 M = TypeVar("M", bound=BaseModel)
 
@@ -63,7 +64,8 @@ def _tab_problems(lines: list[str], filename: str) -> list[CatalogProblem]:
         indent = line[: len(line) - len(body)]
         if "\t" in indent and body and not body.startswith("#"):
             col = indent.index("\t") + 1
-            found.append(CatalogProblem(filename, lineno, col, "", "tab in indentation (use spaces)"))
+            message = "tab in indentation (use spaces)"
+            found.append(CatalogProblem(filename, lineno, col, "", message))
     return found
 
 
@@ -365,7 +367,7 @@ def _no_keys(path: Path_) -> Sequence[str]:
     return ()
 
 
-def _no_explanation(path: Path_, error: dict[str, Any]) -> str | None:
+def _no_explanation(path: Path_, error: Any) -> str | None:
     return None
 
 
@@ -374,7 +376,7 @@ def problems(
     parsed: Parsed | Positions,
     filename: str,
     allowed_keys: AllowedKeys = _no_keys,
-    explain: Callable[[Path_, dict[str, Any]], str | None] = _no_explanation,
+    explain: Callable[[Path_, Any], str | None] = _no_explanation,
 ) -> list[CatalogProblem]:
     """One problem per validation error, located at the node (or key) it concerns.
 
@@ -401,7 +403,7 @@ def problems(
 
 def validate(model: type[M], text: str, filename: str, context: Any = None,
              allowed_keys: AllowedKeys | None = None,
-             explain: Callable[[Path_, dict[str, Any]], str | None] = _no_explanation,
+             explain: Callable[[Path_, Any], str | None] = _no_explanation,
              ) -> tuple[M, Parsed]:
     """Parse YAML text and validate it as `model`; CatalogError lists every problem, in order."""
     parsed = parse(text, filename)
@@ -428,7 +430,7 @@ def model_keys(model: type[BaseModel]) -> AllowedKeys:
     return allowed
 
 
-def _message(path: Path_, error: dict[str, Any], allowed_keys: AllowedKeys) -> str:
+def _message(path: Path_, error: Any, allowed_keys: AllowedKeys) -> str:
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden" and path:

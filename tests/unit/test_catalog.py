@@ -47,48 +47,50 @@ ERRORS = [
     ),
     (  # unknown key in a target mapping, nothing close: the known keys are listed
         HEAD + "        - url: tcp://h.example:1\n          colour: red\n",
-        "probes.yaml:7:11: platforms.wa.features.chat[0].colour: unknown key 'colour' (known: url, "
-        "name, sni, address, ca_file, alpn, timeout, attempts, expect, sustain)",
+        ("probes.yaml:7:11: platforms.wa.features.chat[0].colour: unknown key 'colour' (known: "
+         "url, "
+        "name, sni, address, ca_file, alpn, timeout, attempts, expect, sustain)"),
     ),
     (  # the contract's own example
         HEAD + "        - stunn://stun.example:3478\n",
-        "probes.yaml:6:11: platforms.wa.features.chat[0]: unknown scheme 'stunn' (one of dns, tcp, "
-        "tls, https, quic, stun, turn)",
+        ("probes.yaml:6:11: platforms.wa.features.chat[0]: unknown scheme 'stunn' (one of dns, "
+         "tcp, "
+        "tls, https, quic, stun, turn)"),
     ),
     (  # port out of range
         HEAD + "        - tcp://h.example:65536\n",
-        "probes.yaml:6:11: platforms.wa.features.chat[0]: port out of range (1-65535) in "
-        "'tcp://h.example:65536'",
+        ("probes.yaml:6:11: platforms.wa.features.chat[0]: port out of range (1-65535) in "
+        "'tcp://h.example:65536'"),
     ),
     (  # tcp needs a port
         HEAD + "        - tcp://h.example\n",
-        "probes.yaml:6:11: platforms.wa.features.chat[0]: tcp:// targets need a port: "
-        "'tcp://h.example'",
+        ("probes.yaml:6:11: platforms.wa.features.chat[0]: tcp:// targets need a port: "
+        "'tcp://h.example'"),
     ),
     (  # a url in mapping form is located at its value
         HEAD + "        - url: tcp://h.example:0\n",
-        "probes.yaml:6:16: platforms.wa.features.chat[0].url: port out of range (1-65535) in "
-        "'tcp://h.example:0'",
+        ("probes.yaml:6:16: platforms.wa.features.chat[0].url: port out of range (1-65535) in "
+        "'tcp://h.example:0'"),
     ),
     (  # bad duration
         HEAD + "        - url: tcp://h.example:1\n          timeout: 5 sec\n",
-        "probes.yaml:7:20: platforms.wa.features.chat[0].timeout: bad duration '5 sec' "
-        "(use e.g. 300ms, 5s, 2m)",
+        ("probes.yaml:7:20: platforms.wa.features.chat[0].timeout: bad duration '5 sec' "
+        "(use e.g. 300ms, 5s, 2m)"),
     ),
     (  # bad rate
         HEAD + "        - url: https://h.example/\n          expect: {min_throughput: 1 Mbps}\n",
-        "probes.yaml:7:36: platforms.wa.features.chat[0].expect.min_throughput: bad rate "
-        "'1 Mbps' (use e.g. 128kbit/s, 1Mbit/s)",
+        ("probes.yaml:7:36: platforms.wa.features.chat[0].expect.min_throughput: bad rate "
+        "'1 Mbps' (use e.g. 128kbit/s, 1Mbit/s)"),
     ),
     (  # bad percent
         HEAD + "        - url: stun://h.example\n          expect: {max_loss: 120%}\n",
-        "probes.yaml:7:30: platforms.wa.features.chat[0].expect.max_loss: percentage must be "
-        "between 0% and 100%, got '120%'",
+        ("probes.yaml:7:30: platforms.wa.features.chat[0].expect.max_loss: percentage must be "
+        "between 0% and 100%, got '120%'"),
     ),
     (  # need other than any/all
         HEAD + "        need: some\n        targets: [tcp://h.example:1]\n",
-        "probes.yaml:6:15: platforms.wa.features.chat.need: input should be 'any' or 'all', "
-        "got 'some'",
+        ("probes.yaml:6:15: platforms.wa.features.chat.need: input should be 'any' or 'all', "
+        "got 'some'"),
     ),
     (  # a feature with no targets, list form
         HEAD.replace("chat:\n", "chat: []\n"),
@@ -96,58 +98,58 @@ ERRORS = [
     ),
     (  # a feature with no targets, mapping form
         HEAD + "        need: any\n        targets: []\n",
-        "probes.yaml:7:18: platforms.wa.features.chat.targets: no targets: a feature needs at "
-        "least one",
+        ("probes.yaml:7:18: platforms.wa.features.chat.targets: no targets: a feature needs at "
+        "least one"),
     ),
     (  # a feature left empty
         HEAD,
-        "probes.yaml:5:7: platforms.wa.features.chat: expected a list of targets, or a mapping "
-        "with 'need' and 'targets'",
+        ("probes.yaml:5:7: platforms.wa.features.chat: expected a list of targets, or a mapping "
+        "with 'need' and 'targets'"),
     ),
     (  # sni on stun
         HEAD + "        - url: stun://h.example\n          sni: x.example\n",
-        "probes.yaml:7:16: platforms.wa.features.chat[0].sni: sni does not apply to stun:// "
-        "targets (only tls, https, quic)",
+        ("probes.yaml:7:16: platforms.wa.features.chat[0].sni: sni does not apply to stun:// "
+        "targets (only tls, https, quic)"),
     ),
     (  # sustain on tcp
         HEAD + "        - url: tcp://h.example:1\n          sustain: 20s\n",
-        "probes.yaml:7:20: platforms.wa.features.chat[0].sustain: sustain applies to stun:// "
-        "targets only",
+        ("probes.yaml:7:20: platforms.wa.features.chat[0].sustain: sustain applies to stun:// "
+        "targets only"),
     ),
     (  # alpn on tcp
         HEAD + "        - url: tcp://h.example:1\n          alpn: [h2]\n",
-        "probes.yaml:7:17: platforms.wa.features.chat[0].alpn: alpn does not apply to tcp:// "
-        "targets (only tls, https, quic)",
+        ("probes.yaml:7:17: platforms.wa.features.chat[0].alpn: alpn does not apply to tcp:// "
+        "targets (only tls, https, quic)"),
     ),
     (  # address on dns
         HEAD + "        - url: dns://h.example\n          address: 10.0.0.1\n",
-        "probes.yaml:7:20: platforms.wa.features.chat[0].address: address does not apply to "
-        "dns:// targets (they only resolve)",
+        ("probes.yaml:7:20: platforms.wa.features.chat[0].address: address does not apply to "
+        "dns:// targets (they only resolve)"),
     ),
     (  # min_throughput where nothing is downloaded
         HEAD + "        - url: tls://h.example\n          expect: {min_throughput: 1Mbit/s}\n",
-        "probes.yaml:7:19: platforms.wa.features.chat[0].expect: expect.min_throughput applies "
-        "to https:// targets only",
+        ("probes.yaml:7:19: platforms.wa.features.chat[0].expect: expect.min_throughput applies "
+        "to https:// targets only"),
     ),
     (  # turn transport
         HEAD + "        - turn://h.example?transport=sctp\n",
-        "probes.yaml:6:11: platforms.wa.features.chat[0]: turn transport must be udp or tcp, "
-        "got 'sctp'",
+        ("probes.yaml:6:11: platforms.wa.features.chat[0]: turn transport must be udp or tcp, "
+        "got 'sctp'"),
     ),
     (  # a bad host name
         HEAD + "        - tcp://bad_-.exa mple:1\n",
-        "probes.yaml:6:11: platforms.wa.features.chat[0]: spaces in target URL "
-        "'tcp://bad_-.exa mple:1'",
+        ("probes.yaml:6:11: platforms.wa.features.chat[0]: spaces in target URL "
+        "'tcp://bad_-.exa mple:1'"),
     ),
     (  # a bad platform id: located at the key
         "version: 1\nplatforms:\n  Whats App:\n    features:\n      chat: [tcp://h.example:1]\n",
-        "probes.yaml:3:3: platforms.Whats App: bad platform id 'Whats App': use lowercase "
-        "letters, digits, '_' and '-'",
+        ("probes.yaml:3:3: platforms.Whats App: bad platform id 'Whats App': use lowercase "
+        "letters, digits, '_' and '-'"),
     ),
     (  # a bad feature id
         "version: 1\nplatforms:\n  wa:\n    features:\n      Chat!: [tcp://h.example:1]\n",
-        "probes.yaml:5:7: platforms.wa.features.Chat!: bad feature id 'Chat!': use lowercase "
-        "letters, digits, '_' and '-'",
+        ("probes.yaml:5:7: platforms.wa.features.Chat!: bad feature id 'Chat!': use lowercase "
+        "letters, digits, '_' and '-'"),
     ),
     (  # an unsupported version
         "version: 2\nplatforms:\n  wa:\n    features:\n      chat: [tcp://h.example:1]\n",
@@ -159,18 +161,18 @@ ERRORS = [
     ),
     (  # a list where the catalog mapping belongs
         "- tcp://h.example:1\n",
-        "probes.yaml:1:1: a catalog is a mapping with version, settings, controls and platforms, "
-        "got ['tcp://h.example:1']",
+        ("probes.yaml:1:1: a catalog is a mapping with version, settings, controls and platforms, "
+        "got ['tcp://h.example:1']"),
     ),
     (  # a target that is neither a URL nor a mapping
         HEAD + "        - 42\n",
-        "probes.yaml:6:11: platforms.wa.features.chat[0]: expected a target URL or a mapping "
-        "with 'url', got 42",
+        ("probes.yaml:6:11: platforms.wa.features.chat[0]: expected a target URL or a mapping "
+        "with 'url', got 42"),
     ),
     (  # a resolver that is not an address
         HEAD + "        - tcp://h.example:1\nsettings:\n  resolver: dns.example\n",
-        "probes.yaml:8:13: settings.resolver: expected an IP address with an optional port, got "
-        "'dns.example'",
+        ("probes.yaml:8:13: settings.resolver: expected an IP address with an optional port, got "
+        "'dns.example'"),
     ),
     (  # a domestic flag that is not a boolean
         HEAD + "        - tcp://h.example:1\ncontrols:\n  - url: https://c.example/\n"
@@ -195,10 +197,10 @@ def test_each_error_is_located(text: str, expected: str) -> None:
     ("", "probes.yaml:1:1: empty catalog"),
     ("   \n\n", "probes.yaml:1:1: empty catalog"),
     ("# only a comment\n", "probes.yaml:1:1: empty catalog (only comments)"),
-    ("platforms: [1, 2\n", "probes.yaml:2:1: not valid YAML: while parsing a flow sequence, "
-                           "expected ',' or ']', but got '<stream end>'"),
-    ("a: b\n---\nc: d\n", "probes.yaml:2:1: not valid YAML: expected a single document in the "
-                          "stream, but found another document"),
+    ("platforms: [1, 2\n", ("probes.yaml:2:1: not valid YAML: while parsing a flow sequence, "
+                           "expected ',' or ']', but got '<stream end>'")),
+    ("a: b\n---\nc: d\n", ("probes.yaml:2:1: not valid YAML: expected a single document in the "
+                          "stream, but found another document")),
 ])
 def test_fatal_problems(text: str, expected: str) -> None:
     assert problems(text) == [expected]
@@ -228,8 +230,8 @@ def test_duplicate_platform_is_located_and_other_errors_still_reported() -> None
         """
     assert problems(text) == [
         "probes.yaml:6:3: platforms.wa: duplicate key 'wa' (first on line 3)",
-        "probes.yaml:11:14: platforms.tg.features.chat[0]: port out of range (1-65535) in "
-        "'tcp://h.example:99999'",
+        ("probes.yaml:11:14: platforms.tg.features.chat[0]: port out of range (1-65535) in "
+        "'tcp://h.example:99999'"),
     ]
 
 
@@ -454,7 +456,8 @@ def test_missing_ca_file_is_located(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as info:
         catalog.load(path)
     (problem,) = info.value.problems
-    assert (problem.line, problem.col, problem.path) == (7, 20, "platforms.wa.features.chat[0].ca_file")
+    assert (problem.line, problem.col) == (7, 20)
+    assert problem.path == "platforms.wa.features.chat[0].ca_file"
     assert problem.message.startswith("CA file not found: 'nope.pem'")
 
 

@@ -1,4 +1,4 @@
-"""The loader on hostile input: random text and mutated catalogs raise CatalogError or load, nothing else."""
+"""The loader on hostile input: random or mutated catalogs load or raise CatalogError, only."""
 
 from __future__ import annotations
 

@@ -129,11 +129,12 @@ def test_need_default_documented_at_the_top() -> None:
 
 
 def test_known_traps_avoided(shipped: LoadedCatalog) -> None:
-    for pid, fid, _, t in all_targets(shipped):
+    for pid, _, _, t in all_targets(shipped):
         e = t.endpoint
         # WhatsApp chat is Noise, not TLS
-        if e.host == "g.whatsapp.net" or (e.host.startswith("e") and e.host.endswith(".whatsapp.net")
-                                           and e.host[1:-len(".whatsapp.net")].isdigit()):
+        chat_host = e.host.startswith("e") and e.host.endswith(".whatsapp.net") \
+            and e.host[1:-len(".whatsapp.net")].isdigit()
+        if e.host == "g.whatsapp.net" or chat_host:
             assert e.scheme == "tcp", t.url
         # Telegram DCs are MTProto on IP literals, not TLS
         if pid == "telegram" and e.is_ip:
