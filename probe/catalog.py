@@ -587,7 +587,7 @@ _EXPECTED = {
 def _explainer(root: type[BaseModel]) -> Any:
     """Messages that need to know which model sits at the path."""
 
-    def explain(path: tuple[str | int, ...], error: dict[str, Any]) -> str | None:
+    def explain(path: tuple[str | int, ...], error: Any) -> str | None:
         kind = error["type"]
         given = error.get("input")
         if kind == "string_pattern_mismatch" and path and path[-2:-1] in (("platforms",),
@@ -600,15 +600,15 @@ def _explainer(root: type[BaseModel]) -> Any:
         if kind in ("model_type", "model_attributes_type", "dict_type"):
             model = _model_at(root, path)
             if model in _EXPECTED:
-                return _EXPECTED[model] + ("" if given is None else f", got {given!r}"[:80])
+                shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
+                return _EXPECTED[model] + ("" if given is None else f", got {shown}")
         if kind == "too_short" and path:
             last = path[-1]
             if last == "platforms":
                 return "no platforms: a catalog needs at least one"
             if last == "features":
                 return "no features: a platform needs at least one"
-            if last == "targets" or isinstance(_model_at(root, path), type) and \
-                    _model_at(root, path) is Feature:
+            if last == "targets" or _model_at(root, path) is Feature:
                 return "no targets: a feature needs at least one"
         if kind == "literal_error" and path == ("version",):
             return f"unsupported version {given!r} (this probe reads version 1)"
