@@ -85,7 +85,7 @@ REASONS: dict[tuple[str, str], str] = {
 }
 
 # Failures that say the layer or the host cannot be tested here, not that anything is blocked.
-UNTESTABLE = {F.NOT_IMPLEMENTED, F.ADDRESS_UNAVAILABLE}
+UNTESTABLE = {F.NOT_IMPLEMENTED, F.ADDRESS_UNAVAILABLE, F.LOCAL_LIMIT}
 
 STATUS_OF_REASON: dict[str, Status] = {
     "ok": "ok",

@@ -37,6 +37,9 @@ CUTOFF = "cutoff"  # a sustained UDP exchange answered at first, then silent to 
 PEER_CLOSED = "peer_closed"  # QUIC CONNECTION_CLOSE from the peer or a middlebox
 ALPN_REFUSED = "alpn_refused"  # QUIC: the peer closed with no_application_protocol (0x178)
 NOT_IMPLEMENTED = "not_implemented"
+# This host ran out of something (file descriptors, buffers, memory): says nothing about the
+# network, so it must never read as a block.
+LOCAL_LIMIT = "local_limit"
 UNKNOWN = "unknown"
 
 ERRNO_FACTS: dict[int, str] = {
@@ -54,6 +57,10 @@ ERRNO_FACTS: dict[int, str] = {
     errno.EADDRNOTAVAIL: ADDRESS_UNAVAILABLE,
     errno.EAFNOSUPPORT: ADDRESS_UNAVAILABLE,
     errno.EPROTO: PROTOCOL_ERROR,
+    errno.EMFILE: LOCAL_LIMIT,
+    errno.ENFILE: LOCAL_LIMIT,
+    errno.ENOBUFS: LOCAL_LIMIT,
+    errno.ENOMEM: LOCAL_LIMIT,
 }
 
 
