@@ -44,7 +44,7 @@ READ_TIMEOUT = 5.0  # a client gets this long to send its request head
 MAX_HEAD = 16 * 1024
 
 
-@dataclass
+@dataclass(eq=False)  # the registry keys collectors by identity
 class Exporter:
     """The latest finished run, turned into metric families at each scrape."""
 
