@@ -32,12 +32,15 @@ SERVER_IP = "10.199.2.2"
 # Further addresses of the server namespace, so a rule can hit one host and spare the others.
 SERVER_EXTRA = ("10.199.2.3", "10.199.2.4", "10.199.2.5")
 LAB_NET = "10.199.0.0/16"
+# The throttle's token bucket and queue. A queue of about a second (20 KB at 128 kbit/s) takes a
+# fresh connection's first flight without drops; a shorter one drops most of it and TCP's
+# retransmission backoff leaves holes of seconds. A longer one delays the next sample's handshake
+# behind what an aborted sample left queued (tc here has no per-flow qdisc: no sfq, no fq_codel).
+THROTTLE_BURST, THROTTLE_QUEUE = "4kb", "20kb"
 # A documentation prefix (RFC 5737 TEST-NET-2) standing for "somewhere else" inside the lab: the
 # server namespace holds it, so a lying resolver's answer leads to an impostor there.
 ELSEWHERE_NET = "198.51.100.0/24"
 IMPOSTOR_IP = "198.51.100.7"
-
-THROTTLE_CLASS = "1:20"  # the htb class of throttled traffic; nft marks packets into it
 
 
 class LabError(RuntimeError):
@@ -147,43 +150,48 @@ class Censor:
         self.ns = topology.censor
 
     def apply(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
-              throttle: tuple[str, str] | None = None) -> None:
+              throttle: Sequence[tuple[str, str]] = ()) -> None:
         """Install rules on the forward path.
 
         nft: rules of the forward chain, e.g. `ip daddr 10.199.2.3 drop`.
         iptables: argument lists appended to FORWARD (for `-m string`, which nft lacks).
-        throttle: (nft match, rate) sends matching packets toward the client through an htb class
-        at `rate` with a tbf below it, e.g. ("ip saddr 10.199.2.2 tcp sport 8443", "128kbit").
+        throttle: (nft match, rate) pairs; packets toward the client matching one go through an
+        htb class of their own at that rate, with a tbf below it dropping what overflows its
+        queue, as a throttling DPI box does; e.g. ("ip saddr 10.199.2.2 tcp sport 8443", "128kbit").
         """
         chains = ["  chain censor {",
                   "    type filter hook forward priority filter; policy accept;",
                   *(f"    {rule}" for rule in nft), "  }"]
         if throttle:
-            match, rate = throttle
-            self._shaper(rate)
+            classes = self._shaper([rate for _, rate in throttle])
             chains += ["  chain shape {",
                        "    type filter hook postrouting priority filter; policy accept;",
-                       f"    {match} meta priority set {THROTTLE_CLASS}", "  }"]
+                       *(f"    {match} meta priority set {classid}"
+                         for (match, _), classid in zip(throttle, classes, strict=True)),
+                       "  }"]
         ruleset = "\n".join([f"table inet {self.TABLE} {{", *chains, "}", ""])
         sh(["nft", "-f", "-"], ns=self.ns, stdin=ruleset)
         for rule in iptables:
             sh(["iptables", "-A", "FORWARD", *rule], ns=self.ns)
 
-    def _shaper(self, rate: str) -> None:
+    def _shaper(self, rates: Sequence[str]) -> list[str]:
+        """An htb root on the egress to the client: unshaped default class 1:1, then one class
+        (1:20, 1:21...) per rate, each with a tbf; returns the class ids."""
         dev = self.topology.censor_to_client
-        major, minor = THROTTLE_CLASS.split(":")
-        steps = [
-            ["qdisc", "add", "dev", dev, "root", "handle", f"{major}:", "htb", "default", "10"],
-            ["class", "add", "dev", dev, "parent", f"{major}:", "classid", f"{major}:10",
-             "htb", "rate", "10gbit"],
-            ["class", "add", "dev", dev, "parent", f"{major}:", "classid", THROTTLE_CLASS,
-             "htb", "rate", rate, "ceil", rate],
-            # tbf under the class drops what overflows a short queue, like a policing DPI box.
-            ["qdisc", "add", "dev", dev, "parent", THROTTLE_CLASS, "handle", f"{minor}:",
-             "tbf", "rate", rate, "burst", "4kb", "latency", "200ms"],
-        ]
-        for step in steps:
-            sh(["tc", *step], ns=self.ns)
+        sh(["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
+           ns=self.ns)
+        sh(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
+            "rate", "10gbit"], ns=self.ns)
+        classes = []
+        for number, rate in enumerate(rates, start=0x20):
+            classid = f"1:{number:x}"
+            sh(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", classid, "htb",
+                "rate", rate, "ceil", rate], ns=self.ns)
+            sh(["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", f"{number:x}:",
+                "tbf", "rate", rate, "burst", THROTTLE_BURST, "limit", THROTTLE_QUEUE],
+               ns=self.ns)
+            classes.append(classid)
+        return classes
 
     def clear(self) -> None:
         """Remove every rule and shaper: the path forwards everything again."""

@@ -124,7 +124,7 @@ class Lab:
         return self.baseline
 
     def run(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
-            throttle: tuple[str, str] | None = None,
+            throttle: Sequence[tuple[str, str]] = (),
             behaviours: dict[str, str] | None = None) -> ProbeRun:
         """A run against the baseline with the given censor rules in force and servers switched
         to `behaviours` (id -> behaviour, e.g. the ISP resolver lying); all undone after."""
@@ -166,6 +166,7 @@ def expect(lab: Lab, run: ProbeRun, affected: dict[str, tuple[str, str]], *,
             want = ("ok", "ok")
         if want is not None and got != want:
             problems.append(f"  {t['name']} {t['url']}: expected {want}, got {got}: {t['detail']}"
+                            f"\n      phases: {t['phases']}"
                             f"\n      diagnosis: {t['observation'].get('diagnosis')}")
     problems += [f"  {name}: not in the run" for name in affected if name not in seen]
     net = run.result["network"]
