@@ -236,10 +236,14 @@ def _write(db: sqlite3.Connection, path: str | Path) -> Iterator[None]:
 
 
 def _epoch(iso: str) -> float | None:
+    """Seconds since the epoch for an ISO date/time; one without a zone is taken as UTC."""
     try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(iso)
     except ValueError:
         return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def record(db: sqlite3.Connection, run: Run, path: str | Path = "history") -> int:
@@ -334,8 +338,7 @@ def parse_since(text: str, now: float | None = None) -> float:
     value = text.strip()
     if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
         return now - float(value[:-1]) * units[value[-1]]
-    stamp = _epoch(value if "T" in value or "+" in value or value.endswith("Z")
-                   else value + "T00:00:00+00:00")
+    stamp = _epoch(value)
     if stamp is None:
         raise HistoryError(f"--since: expected e.g. 24h, 7d or 2026-11-23T06:00Z, got {text!r}")
     return stamp
@@ -365,7 +368,8 @@ def query(
         return History([], [], {})
     ids = {r.id for r in runs}
     first = min(ids)
-    filters, fargs = ["run_id >= ?"], [first]
+    filters: list[str] = ["run_id >= ?"]
+    fargs: list[object] = [first]
     if platform is not None:
         filters.append("coalesce(platform, ?) = ?")
         fargs += [CONTROL, platform]
@@ -491,11 +495,12 @@ def render_timeline(history: History, *, width: int = 120, color: bool = False) 
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=io.StringIO(), width=width, force_terminal=color,
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color,
                       color_system="standard" if color else None, highlight=False)
     if not history.runs:
         console.print("No runs recorded in this period.")
-        return console.file.getvalue()  # type: ignore[attr-defined]
+        return buffer.getvalue()
     runs = history.runs[-MAX_CELLS:]
     interrupted = sum(1 for r in runs if r.interrupted)
     heading = (f"{len(runs)} runs, {_when(runs[0].started_at)} → {_when(runs[-1].started_at)}"
@@ -567,5 +572,4 @@ def render_timeline(history: History, *, width: int = 120, color: bool = False) 
     legend.append(ABSENT[0], style=ABSENT[1])
     legend.append(" not measured")
     console.print(legend)
-    text: str = console.file.getvalue()  # type: ignore[attr-defined]
-    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

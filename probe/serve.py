@@ -134,7 +134,7 @@ def _labels(target: TargetResult) -> tuple[str, str, str, str]:
 
 def _epoch(iso: str) -> float | None:
     try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(iso).timestamp()
     except ValueError:
         return None
 

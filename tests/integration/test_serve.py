@@ -103,7 +103,7 @@ def test_metrics_of_real_runs(listener: int, closed_port: int, tmp_path: Path) -
             await task
         return before, text, port
 
-    before, text, port = asyncio.run(go())
+    _, text, port = asyncio.run(go())
     found = samples(text)
     assert one(found, "probe_runs_total").value >= 3
     chat = one(found, "probe_status", platform="demo", feature="chat",
@@ -264,6 +264,6 @@ def test_serve_refuses_a_port_in_use(listener: int, tmp_path: Path) -> None:
     path.write_text(catalog_text(listener, listener))
     result = subprocess.run(
         [sys.executable, "-m", "probe", "serve", "-c", str(path), "--listen",
-         f"127.0.0.1:{listener}"], capture_output=True, text=True, timeout=60)
+         f"127.0.0.1:{listener}"], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--listen" in result.stderr and "Traceback" not in result.stderr

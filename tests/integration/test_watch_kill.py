@@ -233,22 +233,22 @@ platforms:
     env = env_for(tmp_path)
     first = subprocess.run(probe_cmd("run", "-c", str(path), "--repeat", "2", "--every", "0.1s",
                                      "--db", str(db), "-f", "json"),
-                           capture_output=True, text=True, env=env, timeout=60)
+                           check=False, capture_output=True, text=True, env=env, timeout=60)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count('"schema": "probe.run/1"') == 2
     server.close()
     second = subprocess.run(probe_cmd("run", "-c", str(path), "--db", str(db), "-f", "csv"),
-                            capture_output=True, text=True, env=env, timeout=60)
+                            check=False, capture_output=True, text=True, env=env, timeout=60)
     assert second.returncode == 1 and "tcp.reset" in second.stdout
     assert "recorded as run 3" in second.stderr
-    table = subprocess.run(probe_cmd("history", "--db", str(db)), capture_output=True,
+    table = subprocess.run(probe_cmd("history", "--db", str(db)), check=False, capture_output=True,
                            text=True, env=env, timeout=60)
     assert table.returncode == 0, table.stderr
     row = next(line for line in table.stdout.splitlines() if "tcp://127.0.0.1" in line)
     assert "●●✕" in row and "ok → blocked tcp.reset" in row
     exported = subprocess.run(probe_cmd("history", "--db", str(db), "-f", "csv",
                                         "--feature", "chat"),
-                              capture_output=True, text=True, env=env, timeout=60)
+                              check=False, capture_output=True, text=True, env=env, timeout=60)
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert [(r["run_id"], r["status"], r["reason"]) for r in rows] == [
         ("1", "ok", "ok"), ("2", "ok", "ok"), ("3", "blocked", "tcp.reset")]
@@ -258,21 +258,21 @@ platforms:
 def test_history_command_errors(tmp_path: Path) -> None:
     env = env_for(tmp_path)
     missing = subprocess.run(probe_cmd("history", "--db", str(tmp_path / "none.sqlite")),
-                             capture_output=True, text=True, env=env, timeout=60)
+                             check=False, capture_output=True, text=True, env=env, timeout=60)
     assert missing.returncode == 2 and "no history yet" in missing.stderr
     assert not (tmp_path / "none.sqlite").exists()
     history.connect(tmp_path / "h.sqlite").close()
     bad = subprocess.run(probe_cmd("history", "--db", str(tmp_path / "h.sqlite"), "--since",
-                                   "whenever"), capture_output=True, text=True, env=env,
+                                   "whenever"), check=False, capture_output=True, text=True, env=env,
                          timeout=60)
     assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
     path = tmp_path / "probes.yaml"
     path.write_text("version: 1\nplatforms: {a: {features: {b: [tcp://127.0.0.1:9]}}}\n")
     every = subprocess.run(probe_cmd("watch", "-c", str(path), "--every", "soon", "--db",
                                      str(tmp_path / "h.sqlite")),
-                           capture_output=True, text=True, env=env, timeout=60)
+                           check=False, capture_output=True, text=True, env=env, timeout=60)
     assert every.returncode == 2 and "--every" in every.stderr
     both = subprocess.run(probe_cmd("run", "-c", str(path), "--repeat", "2", "-o",
                                     str(tmp_path / "x.json")),
-                          capture_output=True, text=True, env=env, timeout=60)
+                          check=False, capture_output=True, text=True, env=env, timeout=60)
     assert both.returncode == 2 and "--repeat" in both.stderr
