@@ -1,21 +1,41 @@
 """Verdicts from observations: pure functions, no I/O, tested with tables.
 
-Strategy: a sample's first failing layer and its failure fact give a reason code through one
-table (REASONS). A target's samples are then weighed together: all failing -> blocked with the
-commonest reason; some failing -> degraded with a note. Controls judged the same way decide
-whether the network itself is up; if every control fails, nothing else can be concluded.
-Features and platforms are judged from their targets.
+Strategy, per target (rules as tables, numbers from `probe/thresholds.py`, passed in):
+1. A sample's first failing layer and its failure fact give a reason code (REASONS).
+2. The dns phase carries its own judgement (classify_dns.py): it comes first.
+3. Some samples failing, others working: `degraded`, with the count; never `blocked`.
+   Every sample failing: `blocked` with the commonest reason, refined by the diagnosis steps
+   (DIAGNOSIS: the SNI swap, the version-negotiation ping, the name's other addresses, the
+   presented certificate), each step named in `detail`. Failing the same way in the baseline:
+   `inconclusive target.down`.
+4. Every sample working: the quality checks (QUALITY: redirect, throughput, loss, RTT) against
+   the baseline's figures, the catalog's `expect`, then the built-in thresholds.
+Controls decide the network (down, captive portal, allowlist), which may turn failing targets
+inconclusive; features and platforms fold their members' verdicts. A saved run holds every
+fact this needs, so `rejudge` gives a saved run exactly the verdicts a live run would get.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from probe import classify_dns
 from probe import failures as F
 from probe.catalog import Job
+from probe.metrics import (
+    Transfer,
+    median,
+    observation_metrics,
+    sample_rtt,
+    sample_transfer,
+    udp_counts,
+)
 from probe.observations import Observation, Phase, Sample
 from probe.results import (
     FeatureResult,
@@ -25,6 +45,7 @@ from probe.results import (
     Status,
     TargetResult,
 )
+from probe.thresholds import DEFAULT, Thresholds
 
 # (layer, failure fact) -> reason code. A layer's `*` row is its default.
 REASONS: dict[tuple[str, str], str] = {
@@ -93,11 +114,15 @@ STATUS_OF_REASON: dict[str, Status] = {
     "udp.loss": "degraded",
     "latency.high": "degraded",
     "partial": "degraded",
+    "network.allowlist": "degraded",
     "network.down": "inconclusive",
     "network.captive": "inconclusive",
     "target.down": "inconclusive",
     "target.untestable": "inconclusive",
 }
+
+# Network verdicts under which a failing target tells nothing about censorship.
+BLINDING = ("network.down", "network.captive")
 
 
 def status_of(reason: str) -> Status:
@@ -112,14 +137,32 @@ def reason_of(layer: str, failure: str | None) -> str:
     return REASONS.get((layer, failure)) or REASONS.get((layer, "*")) or f"{layer}.failed"
 
 
-def sample_reason(sample: Sample) -> str:
+def _address(sample: Sample, phase: Phase) -> str | None:
+    """The address a sample talked to: the phase's own, else the first dns answer."""
+    address = phase.get("address")
+    if address:
+        return str(address)
+    dns = sample.phases.get("dns")
+    answers = dns.get("answers") if dns is not None else None
+    return str(answers[0]) if answers else None
+
+
+def _no_local_ipv6(sample: Sample, layer: str, phase: Phase, th: Thresholds) -> bool:
+    """'Network unreachable' to an IPv6 address, answered by our own kernel at once: this host
+    has no IPv6 route. Not blocking (CENSORSHIP.md, look-alikes)."""
+    address = _address(sample, phase)
+    return (phase.failure == F.NETWORK_UNREACHABLE and address is not None and ":" in address
+            and phase.ms is not None and phase.ms <= th.local_failure_ms)
+
+
+def sample_reason(sample: Sample, th: Thresholds = DEFAULT) -> str:
     failed = sample.failed
-    return "ok" if failed is None else reason_of(*_layer_failure(failed))
-
-
-def _layer_failure(failed: tuple[str, Phase]) -> tuple[str, str | None]:
+    if failed is None:
+        return "ok"
     layer, phase = failed
-    return layer, phase.failure
+    if _no_local_ipv6(sample, layer, phase, th):
+        return "target.untestable"
+    return reason_of(layer, phase.failure)
 
 
 def describe(layer: str, phase: Phase) -> str:
@@ -133,108 +176,620 @@ def summary_phases(sample: Sample) -> dict[str, dict[str, object]]:
     return {layer: phase.model_dump(exclude_none=True) for layer, phase in sample.phases.items()}
 
 
+# --- what is judged: a catalog job, or a saved result ----------------------------------------
+
+
 @dataclass(frozen=True)
-class TargetKey:
+class Subject:
+    """What the classifier needs to know of a target besides its observation. Built from a
+    catalog Job for a live run, or from a saved TargetResult alone for `rejudge`."""
+
     platform: str | None
     feature: str | None
     url: str
+    name: str | None = None
+    domestic: bool = False
+    expect: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_control(self) -> bool:
+        return self.platform is None
+
+    @property
+    def key(self) -> tuple[str | None, str | None, str]:
+        return (self.platform, self.feature, self.url)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
 
 
-def judge_target(job: Job, observation: Observation, baseline: Run | None = None) -> TargetResult:
-    """A target's verdict from its own samples (and, later, its baseline)."""
+def expect_of(job: Job) -> dict[str, float]:
+    """A target's `expect:` in result-file units (ms, bit/s, fraction); absent keys left out."""
+    expect = job.target.expect
+    out: dict[str, float] = {}
+    if expect.max_rtt is not None:
+        out["max_rtt_ms"] = float(expect.max_rtt) * 1000
+    if expect.min_throughput is not None:
+        out["min_throughput_bps"] = float(expect.min_throughput)
+    if expect.max_loss is not None:
+        out["max_loss"] = float(expect.max_loss)
+    return out
+
+
+def subject_of_job(job: Job) -> Subject:
+    return Subject(job.platform, job.feature, job.target.url, job.target.name, job.domestic,
+                   expect_of(job))
+
+
+def subject_of_result(target: TargetResult) -> Subject:
+    return Subject(target.platform, target.feature, target.url, target.name, target.domestic,
+                   dict(target.expect or {}))
+
+
+def target_key(target: TargetResult) -> tuple[str | None, str | None, str]:
+    """How targets match across runs: platform + feature + url (controls: url alone)."""
+    return (target.platform, target.feature, target.url)
+
+
+def find_baseline(baseline: Run | None, subject: Subject) -> TargetResult | None:
+    """The same target in the baseline run, if it is there."""
+    if baseline is None:
+        return None
+    pool = baseline.network.controls if subject.is_control else baseline.targets
+    return next((t for t in pool if target_key(t) == subject.key), None)
+
+
+# --- one target ------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    status: Status
+    reason: str
+    detail: str
+
+
+def judge_target(job: Job, observation: Observation, baseline: Run | None = None,
+                 thresholds: Thresholds = DEFAULT) -> TargetResult:
+    """A target's verdict from its samples, its diagnosis and its baseline (if any)."""
+    return judge_subject(subject_of_job(job), observation, baseline, thresholds)
+
+
+def judge_subject(subject: Subject, observation: Observation, baseline: Run | None = None,
+                  th: Thresholds = DEFAULT) -> TargetResult:
     samples = observation.samples
-    ok_samples = sum(1 for s in samples if s.ok)
-    result = TargetResult(
-        platform=job.platform,
-        feature=job.feature,
-        url=job.target.url,
-        name=job.target.name,
-        status="ok",
-        reason="ok",
-        samples=len(samples),
-        ok_samples=ok_samples,
-        domestic=job.domestic,
-        observation=observation,
+    base = find_baseline(baseline, subject)
+    verdict = judge_samples(subject, observation, base, th)
+    failing = [s for s in samples if not s.ok]
+    shown = next((s for s in failing if sample_reason(s, th) == verdict.reason), None)
+    shown = shown or (failing[0] if failing else samples[0] if samples else None)
+    return TargetResult(
+        platform=subject.platform, feature=subject.feature, url=subject.url, name=subject.name,
+        status=verdict.status, reason=verdict.reason, detail=verdict.detail,
+        phases=summary_phases(shown) if shown is not None else {},
+        samples=len(samples), ok_samples=sum(1 for s in samples if s.ok),
+        domestic=subject.domestic, expect=subject.expect or None, observation=observation,
     )
+
+
+def judge_samples(subject: Subject, observation: Observation, base: TargetResult | None,
+                  th: Thresholds = DEFAULT) -> Verdict:
+    samples = observation.samples
     if not samples:
-        result.status, result.reason, result.detail = "inconclusive", "target.untestable", "no sample"
-        return result
-    dns_verdict = classify_dns.judge(observation, classify_dns.find_target(baseline, job))
-    if dns_verdict is not None:  # the dns phase carries its own judgement (classify_dns.py)
-        result.status, result.reason, result.detail = dns_verdict
-        result.phases = summary_phases(samples[0])
-        return result
+        return Verdict("inconclusive", "target.untestable", "no sample")
+    dns = classify_dns.judge(observation, base)
+    if dns is not None:  # the dns phase carries its own judgement (classify_dns.py)
+        verdict = Verdict(*dns)
+        return _same_in_baseline(verdict, verdict.reason, base, th)
     failing = [s for s in samples if not s.ok]
     if not failing:
-        result.phases = summary_phases(samples[0])
-        result.detail = _ok_detail(samples[0])
-        return result
-    reasons = Counter(sample_reason(s) for s in failing)
-    reason, _ = reasons.most_common(1)[0]
-    worst = next(s for s in failing if sample_reason(s) == reason)
-    result.phases = summary_phases(worst)
+        verdict = judge_quality(subject, observation, base, th)
+        note = classify_dns.note(observation)
+        if note and verdict.status == "ok":
+            verdict.detail = _join(verdict.detail, note)
+        return verdict
+    reasons = Counter(sample_reason(s, th) for s in failing)
+    reason = reasons.most_common(1)[0][0]
+    worst = next(s for s in failing if sample_reason(s, th) == reason)
     failed = worst.failed
     assert failed is not None
     detail = describe(*failed)
-    if ok_samples:
-        result.status, result.reason = "degraded", reason
-        result.detail = f"{len(failing)} of {len(samples)} samples failed ({detail})"
-    else:
-        result.reason = reason
-        result.status = status_of(reason)
-        result.detail = detail + (f"; {len(samples)} samples" if len(samples) > 1 else "")
-    return result
+    others = ", ".join(f"{r} x{n}" for r, n in reasons.items() if r != reason)
+    if len(failing) < len(samples):  # some samples worked: never blocked (a short outage)
+        ok = len(samples) - len(failing)
+        return Verdict(
+            "degraded" if reason != "target.untestable" else "inconclusive", reason,
+            f"{len(failing)} of {len(samples)} samples failed ({detail}); {ok} worked"
+            + (f"; other failures: {others}" if others else ""))
+    if len(samples) > 1:
+        detail += f"; all {len(samples)} samples failed" + (f" ({others})" if others else "")
+    verdict = Verdict(status_of(reason), reason, detail)
+    if reason == "target.untestable" and _no_local_ipv6(worst, *failed, th):
+        verdict.detail = _join(detail, "this host has no IPv6 route: not a block")
+    verdict = diagnose(verdict, observation.diagnosis, base)
+    return _same_in_baseline(verdict, reason, base, th)
+
+
+def _join(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def baseline_failure(target: TargetResult, th: Thresholds = DEFAULT) -> str | None:
+    """The reason a baseline target failed with on every sample, before any diagnosis, or
+    None when it worked (on some sample)."""
+    samples = target.observation.samples
+    if samples:
+        if any(s.ok for s in samples):
+            return None
+        dns = classify_dns.judge(target.observation)
+        if dns is not None and dns[0] == "blocked":
+            return dns[1]
+        return Counter(sample_reason(s, th) for s in samples).most_common(1)[0][0]
+    return target.reason if target.status == "blocked" else None
+
+
+def _same_in_baseline(verdict: Verdict, raw_reason: str, base: TargetResult | None,
+                      th: Thresholds) -> Verdict:
+    """Failing the same way in the baseline: the endpoint is down for everyone."""
+    if verdict.status != "blocked" or base is None:
+        return verdict
+    if baseline_failure(base, th) != raw_reason:
+        return verdict
+    return Verdict("inconclusive", "target.down",
+                   f"fails the same way in the baseline ({raw_reason}): the endpoint is down, "
+                   f"not blocked; {verdict.detail}")
+
+
+# --- diagnosis steps: one rule per step, run when every sample failed ------------------------
+
+Step = Callable[[Verdict, Phase, TargetResult | None], str | None]
+SNI_SWAP_REASONS = ("tls.timeout", "tls.reset", "tls.eof", "tls.alert")
+
+
+def _ms(phase: Phase) -> str:
+    return f" in {phase.ms:.0f} ms" if phase.ms is not None else ""
+
+
+def _sni_control(v: Verdict, step: Phase, base: TargetResult | None) -> str | None:
+    if v.reason not in SNI_SWAP_REASONS:
+        return None
+    sni = step.get("sni") or "a harmless name"
+    if step.ok and v.reason == "tls.alert" and step.get("reply") == "alert":
+        return (f"SNI control: the same address with SNI {sni} got an alert too: the server "
+                f"refuses both names, not a filter")
+    if step.ok:
+        reply = {"server_hello": "a ServerHello", "alert": "a TLS alert",
+                 "handshake": "a handshake record"}.get(step.get("reply"), "an answer")
+        v.status, v.reason = "blocked", "tls.sni_filtered"
+        return (f"SNI control: the same address with SNI {sni} got {reply}{_ms(step)}: "
+                f"the name is filtered, not the address")
+    return (f"SNI control: the same address with SNI {sni} failed too "
+            f"({step.error or step.failure}): the address or port is blocked, or the server is down")
+
+
+def _version_negotiation(v: Verdict, step: Phase, base: TargetResult | None) -> str | None:
+    if v.reason != "quic.timeout":
+        return None
+    if step.ok:
+        v.status, v.reason = "blocked", "quic.sni_filtered"
+        versions = step.get("versions")
+        listed = f" (versions {', '.join(map(str, versions))})" if versions else ""
+        return (f"version-negotiation ping without SNI answered{_ms(step)}{listed}: QUIC "
+                f"reaches the server, the handshake with this name does not")
+    return (f"version-negotiation ping unanswered too ({step.error or step.failure}): UDP to "
+            f"this address and port is dropped, or nothing listens")
+
+
+def _other_addresses(v: Verdict, step: Phase, base: TargetResult | None) -> str | None:
+    if v.reason != "tcp.timeout":
+        return None
+    tried = ", ".join(map(str, step.get("tried") or [])) or "?"
+    connected = ", ".join(map(str, step.get("connected") or []))
+    if step.ok:
+        return (f"other addresses of the name: {connected} connected (tried {tried}): this "
+                f"address is dropped, the service is up")
+    return f"other addresses of the name: none connected (tried {tried})"
+
+
+def _certificate(v: Verdict, step: Phase, base: TargetResult | None) -> str | None:
+    if v.reason not in ("tls.untrusted", "tls.hostname"):
+        return None
+    if not step.ok:
+        return f"reading the presented certificate failed ({step.error or step.failure})"
+    text = f"the server presented a certificate issued by {step.get('issuer') or '?'}"
+    if step.get("subject"):
+        text += f" for {step.get('subject')}"
+    was = _certificate_facts(base)
+    if was and was.get("issuer"):
+        text += f"; the baseline's was issued by {was['issuer']}"
+    return text
+
+
+def _deadline(v: Verdict, step: Phase, base: TargetResult | None) -> str | None:
+    return "the diagnosis ran out of time"
+
+
+# diagnosis key -> the rule that reads it (keys: the mock convention, /tmp/mockconv.md)
+DIAGNOSIS: dict[str, Step] = {
+    "sni_control": _sni_control,
+    "version_negotiation": _version_negotiation,
+    "other_addresses": _other_addresses,
+    "certificate": _certificate,
+    "deadline": _deadline,
+}
+
+
+def diagnose(verdict: Verdict, diagnosis: dict[str, Phase],
+             base: TargetResult | None = None) -> Verdict:
+    """Refine a blocked verdict with the diagnosis steps; each step that applies is named."""
+    raw = verdict.reason
+    steps = []
+    for key, step in diagnosis.items():
+        rule = DIAGNOSIS.get(key)
+        text = rule(verdict, step, base) if rule is not None else None
+        if text:
+            steps.append(text)
+    if verdict.reason != raw:
+        verdict.detail = f"{raw} on every sample; {verdict.detail}"
+    verdict.detail = _join(verdict.detail, *steps)
+    return verdict
+
+
+# --- quality of a target that worked: redirect, throughput, loss, RTT ------------------------
+
+
+def _rate(bps: float) -> str:
+    if bps >= 1e6:
+        return f"{bps / 1e6:.1f} Mbit/s"
+    return f"{bps / 1e3:.0f} kbit/s"
 
 
 def _ok_detail(sample: Sample) -> str:
-    parts = [f"{layer} {p.ms:.0f} ms" for layer, p in sample.phases.items() if p.ms is not None]
+    parts = []
+    for layer, p in sample.phases.items():
+        if p.ms is None:
+            continue
+        parts.append(f"{layer} {p.ms:.0f} ms")
     return ", ".join(parts)
 
 
-def judge_network(controls: Sequence[TargetResult]) -> NetworkResult:
-    """The network is down when every control failed; with no controls it is assumed up."""
+def _first_ok(target: TargetResult | None) -> Sample | None:
+    if target is None:
+        return None
+    return next((s for s in target.observation.samples if s.ok), None)
+
+
+def _certificate_facts(target: TargetResult | None) -> dict[str, Any] | None:
+    sample = _first_ok(target)
+    tls = sample.phases.get("tls") if sample is not None else None
+    if tls is None or not tls.get("issuer"):
+        return None
+    return {"issuer": tls.get("issuer"), "spki_sha256": tls.get("spki_sha256")}
+
+
+def site(host: str) -> str:
+    """The last two labels of a name (a rough registrable domain); an address as it is."""
+    host = host.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return ".".join(host.split(".")[-2:])
+
+
+def redirect_of(sample: Sample, host: str) -> tuple[int, str] | None:
+    """(status, location host) when a working https sample was redirected to another site."""
+    http = sample.phases.get("http")
+    if http is None or not http.ok:
+        return None
+    status, location = http.get("status"), http.get("location_host")
+    if not isinstance(status, int) or not 300 <= status < 400 or not location:
+        return None
+    return None if site(str(location)) == site(host) else (status, str(location))
+
+
+@dataclass
+class Quality:
+    """What the quality checks found: problems (reason, text), in priority order, and notes."""
+
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, text: str) -> None:
+        self.problems.append((reason, text))
+
+
+def _redirect(s: Subject, obs: Observation, base: TargetResult | None, th: Thresholds,
+              q: Quality) -> None:
+    moved = redirect_of(obs.samples[0], s.host)
+    if moved is None:
+        return
+    status, location = moved
+    before = _first_ok(base)
+    was = before.phases["http"].get("status") if before and "http" in before.phases else None
+    if isinstance(was, int) and 200 <= was < 300:
+        q.add("http.status", f"HTTP {status} redirect to {location}; the baseline "
+              f"got HTTP {was}: a block page")
+    else:
+        q.notes.append(f"HTTP {status} redirect to {location}")
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): how likely k or more losses are by chance."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+def _loss(s: Subject, obs: Observation, base: TargetResult | None, th: Thresholds,
+          q: Quality) -> None:
+    sent, lost = udp_counts(obs.samples)
+    if not sent:
+        return
+    allowed: list[tuple[float, str]] = []
+    if base is not None:
+        bsent, blost = udp_counts(base.observation.samples)
+        if bsent:
+            allowed.append((max(blost / bsent, th.max_loss),
+                            f"the baseline lost {blost} of {bsent}"))
+    if "max_loss" in s.expect:
+        allowed.append((s.expect["max_loss"], "expect.max_loss"))
+    if not allowed:
+        allowed.append((th.max_loss, "built-in allowance"))
+    what = f"{lost} of {sent} requests unanswered ({lost / sent:.0%})"
+    for p, label in allowed:
+        chance = binomial_tail(lost, sent, p)
+        if lost / sent > p and chance < th.loss_alpha:
+            q.add("udp.loss", f"{what}; allowed {p:.0%} ({label}); "
+                  f"{chance:.2g} likely by chance")
+            return
+    if lost:
+        p, label = allowed[0]
+        q.notes.append(f"{what}: within chance of {p:.0%} loss ({label})")
+
+
+def _measurable(sample: Sample, t: Transfer, th: Thresholds) -> bool:
+    rtt = sample_rtt(sample)
+    return t.transfer_ms >= th.min_transfer_ms and (
+        rtt is None or t.transfer_ms >= th.transfer_rtts * rtt)
+
+
+def _baseline_rate(base: TargetResult | None, th: Thresholds) -> float | None:
+    """The baseline's rate, a too-short transfer counting as at most what it would have had
+    over min_transfer_ms (its true rate is at least that: a lower bound, so conservative)."""
+    if base is None:
+        return None
+    rates = []
+    for sample in base.observation.samples:
+        t = sample_transfer(sample)
+        if t is None:
+            continue
+        if _measurable(sample, t, th):
+            rates.append(t.rate_bps)
+        else:
+            rates.append(min(t.rate_bps, t.bytes * 8 / (th.min_transfer_ms / 1000)))
+    return median(rates)
+
+
+def _rtt_rose(now: float | None, before: float | None, th: Thresholds) -> bool:
+    return (now is not None and before is not None and now > before * th.rtt_ratio
+            and now - before > th.rtt_margin_ms)
+
+
+def _throughput(s: Subject, obs: Observation, base: TargetResult | None, th: Thresholds,
+                q: Quality) -> None:
+    measured = [(smp, t) for smp in obs.samples
+                if (t := sample_transfer(smp)) is not None and _measurable(smp, t, th)]
+    if not measured:
+        return
+    rate = median(t.rate_bps for _, t in measured)
+    assert rate is not None
+    before = _baseline_rate(base, th)
+    why = []
+    if before is not None and rate < before * th.throttle_ratio:
+        why.append(f"{rate / before:.0%} of the baseline's {_rate(before)}")
+    if "min_throughput_bps" in s.expect and rate < s.expect["min_throughput_bps"]:
+        why.append(f"below expect.min_throughput {_rate(s.expect['min_throughput_bps'])}")
+    if before is None and "min_throughput_bps" not in s.expect and rate < th.min_throughput_bps:
+        why.append(f"below the built-in floor {_rate(th.min_throughput_bps)}")
+    if not why:
+        return
+    took = median(t.transfer_ms for _, t in measured) or 0.0
+    size = median(t.bytes for _, t in measured) or 0
+    text = (f"throughput {_rate(rate)} ({size:.0f} bytes in {took:.0f} ms, "
+            f"{len(measured)} sample{'s' if len(measured) > 1 else ''}), " + "; ".join(why))
+    now_rtt = observation_metrics(obs).rtt_ms
+    was_rtt = observation_metrics(base.observation).rtt_ms if base is not None else None
+    if now_rtt is not None and was_rtt is not None:
+        if _rtt_rose(now_rtt, was_rtt, th):
+            text += (f"; RTT rose from {was_rtt:.0f} to {now_rtt:.0f} ms: a shaper queueing "
+                     f"packets")
+        else:
+            text += (f"; RTT not raised ({now_rtt:.0f} ms, baseline {was_rtt:.0f} ms): a "
+                     f"policer dropping packets")
+    elif now_rtt is not None:
+        text += f"; RTT {now_rtt:.0f} ms (no baseline RTT to tell a policer from a shaper)"
+    q.add("http.throttled", text)
+
+
+def _latency(s: Subject, obs: Observation, base: TargetResult | None, th: Thresholds,
+             q: Quality) -> None:
+    rtt = observation_metrics(obs).rtt_ms
+    if rtt is None:
+        return
+    before = observation_metrics(base.observation).rtt_ms if base is not None else None
+    if _rtt_rose(rtt, before, th):
+        assert before is not None
+        q.add("latency.high", f"RTT median {rtt:.0f} ms, {rtt / before:.1f}x the "
+              f"baseline's {before:.0f} ms")
+    elif "max_rtt_ms" in s.expect and rtt > s.expect["max_rtt_ms"]:
+        q.add("latency.high", f"RTT median {rtt:.0f} ms, above expect.max_rtt "
+              f"{s.expect['max_rtt_ms']:.0f} ms")
+    elif before is None and "max_rtt_ms" not in s.expect and rtt > th.max_rtt_ms:
+        q.add("latency.high", f"RTT median {rtt:.0f} ms, above the built-in "
+              f"ceiling {th.max_rtt_ms:.0f} ms")
+
+
+def _certificate_change(s: Subject, obs: Observation, base: TargetResult | None,
+                        th: Thresholds, q: Quality) -> None:
+    tls = obs.samples[0].phases.get("tls")
+    was = _certificate_facts(base)
+    if tls is None or was is None or not tls.get("issuer"):
+        return
+    if tls.get("issuer") == was["issuer"] and tls.get("spki_sha256") == was["spki_sha256"]:
+        return
+    changed = ("issuer" if tls.get("issuer") != was["issuer"] else "key")
+    q.notes.append(f"certificate {changed} changed since the baseline (issuer "
+                   f"{tls.get('issuer')}, was {was['issuer']}); trusted, so not interception "
+                   f"(platforms rotate CAs)")
+
+
+Check = Callable[[Subject, Observation, "TargetResult | None", Thresholds, Quality], None]
+
+# The checks, in the order their problems rank: the first problem names the verdict.
+QUALITY: tuple[Check, ...] = (_redirect, _throughput, _loss, _latency, _certificate_change)
+
+
+def judge_quality(subject: Subject, observation: Observation, base: TargetResult | None,
+                  th: Thresholds = DEFAULT) -> Verdict:
+    """The verdict of a target whose every sample worked: ok, or what the checks found."""
+    q = Quality()
+    for check in QUALITY:
+        check(subject, observation, base, th, q)
+    facts = _ok_detail(observation.samples[0])
+    if not q.problems:
+        return Verdict("ok", "ok", _join(facts, *q.notes))
+    reason, text = q.problems[0]
+    rest = [t for _, t in q.problems[1:]]
+    return Verdict(status_of(reason), reason, _join(text, *rest, *q.notes, facts))
+
+
+# --- the network: controls --------------------------------------------------------------------
+
+CERTIFICATE_FAILURES = (F.UNTRUSTED_CERTIFICATE, F.HOSTNAME_MISMATCH)
+
+
+def portal_signs(target: TargetResult) -> list[str]:
+    """Signs of a captive portal in one control's samples: certificate errors, redirects to
+    another site."""
+    host = urlsplit(target.url).hostname or ""
+    signs: list[str] = []
+    for sample in target.observation.samples:
+        failed = sample.failed
+        if failed is not None and failed[1].failure in CERTIFICATE_FAILURES:
+            signs.append(f"{target.url}: {failed[1].error or failed[1].failure}")
+        moved = redirect_of(sample, host)
+        if moved is not None:
+            signs.append(f"{target.url} redirects to {moved[1]}")
+    return list(dict.fromkeys(signs))
+
+
+def one_address(controls: Iterable[TargetResult]) -> str | None:
+    """The single address every name resolved to, when at least two names did (a portal's
+    DNS answering everything with itself); None otherwise."""
+    answers: dict[str, set[str]] = {}
+    for c in controls:
+        for sample in c.observation.samples:
+            dns = sample.phases.get("dns")
+            if dns is None or dns.get("literal") or not dns.get("answers"):
+                continue
+            answers.setdefault(str(dns.get("name") or c.url), set()).update(
+                map(str, dns.get("answers")))
+    everything = set().union(*answers.values()) if answers else set()
+    return next(iter(everything)) if len(answers) >= 2 and len(everything) == 1 else None
+
+
+def judge_network(controls: Sequence[TargetResult],
+                  thresholds: Thresholds = DEFAULT) -> NetworkResult:
+    """Down when every control failed; captive when a portal answers; an allowlist when only
+    domestic controls work. Controls that cannot be tested here count neither way."""
+    def result(status: Status, reason: str, detail: str) -> NetworkResult:
+        return NetworkResult(status=status, reason=reason, detail=detail, controls=list(controls))
+
     if not controls:
-        return NetworkResult(status="ok", reason="ok", detail="no controls", controls=[])
-    working = [c for c in controls if c.status in ("ok", "degraded")]
-    if working:
-        return NetworkResult(status="ok", reason="ok", controls=list(controls),
-                             detail=f"{len(working)} of {len(controls)} controls reachable")
-    return NetworkResult(status="inconclusive", reason="network.down", controls=list(controls),
-                         detail=f"all {len(controls)} controls failed")
+        return result("ok", "ok", "no controls")
+    counted = [c for c in controls if c.status != "inconclusive"]
+    skipped = len(controls) - len(counted)
+    skip = f"; {skipped} not testable here" if skipped else ""
+    working = [c for c in counted if c.status in ("ok", "degraded")]
+    signs = [s for c in controls for s in portal_signs(c)]
+    clean = [c for c in working if not portal_signs(c)]
+    single = one_address(controls)
+    if not clean and (signs or (single and counted)):
+        evidence = signs + ([f"every name resolves to {single}"] if single else [])
+        return result("inconclusive", "network.captive",
+                      "a captive portal answers: " + "; ".join(evidence[:4])
+                      + "; log in to the network and run again")
+    if not counted:
+        return result("ok", "ok", f"no control could be tested here ({len(controls)} skipped)")
+    if not working:
+        reasons = Counter(c.reason for c in counted)
+        listed = ", ".join(f"{r} x{n}" if n > 1 else r for r, n in reasons.items())
+        return result("inconclusive", "network.down",
+                      f"all {len(counted)} controls failed ({listed}){skip}")
+    foreign = [c for c in counted if not c.domestic]
+    if foreign and not any(not c.domestic for c in working):
+        return result("degraded", "network.allowlist",
+                      f"all {len(foreign)} foreign controls failed while {len(working)} "
+                      f"domestic ones work: only domestic destinations are reachable (an "
+                      f"allowlist); failing targets are blocked, not down{skip}")
+    return result("ok", "ok", f"{len(working)} of {len(counted)} controls reachable{skip}")
 
 
 def apply_network(network: NetworkResult, targets: Iterable[TargetResult]) -> None:
-    """Every control failing means no target's failure can be blamed on a censor."""
-    if network.reason != "network.down":
+    """No network, or a captive portal: no failing target can be blamed on a censor."""
+    if network.reason not in BLINDING:
         return
     for t in targets:
-        if t.status != "ok":
+        captive_ok = network.reason == "network.captive" and bool(portal_signs(t))
+        if t.status != "ok" or captive_ok:
             t.detail = f"{t.reason}: {t.detail}" if t.detail else t.reason
-            t.status, t.reason = "inconclusive", "network.down"
+            t.status, t.reason = "inconclusive", network.reason
 
 
-def combine(statuses: list[tuple[Status, str]], need: str = "all") -> tuple[Status, str]:
-    """Fold targets' (status, reason) into a feature's, or features' into a platform's."""
+# --- features and platforms ---------------------------------------------------------------
+
+
+def _commonest(reasons: Iterable[str]) -> str:
+    return Counter(reasons).most_common(1)[0][0]
+
+
+def combine(statuses: Sequence[tuple[Status, str]], need: str = "all") -> tuple[Status, str]:
+    """Fold targets' (status, reason) into a feature's, or features' into a platform's.
+
+    Inconclusive members say nothing either way and are left out, unless all are. `need: any`
+    (clients fail over): one working member is enough."""
     if not statuses:
         return "inconclusive", "target.untestable"
-    kinds = {s for s, _ in statuses}
-    if kinds == {"ok"}:
+    judged = [(s, r) for s, r in statuses if s != "inconclusive"]
+    if not judged:
+        return "inconclusive", _commonest(r for _, r in statuses)
+    kinds = {s for s, _ in judged}
+    if kinds == {"ok"} or (need == "any" and "ok" in kinds):
         return "ok", "ok"
-    if need == "any" and "ok" in kinds:
-        return "ok", "ok"
-    if kinds <= {"blocked"}:
-        reasons = Counter(r for _, r in statuses)
-        return "blocked", reasons.most_common(1)[0][0]
-    if kinds <= {"inconclusive"}:
-        return "inconclusive", Counter(r for _, r in statuses).most_common(1)[0][0]
-    if kinds <= {"blocked", "inconclusive"}:
-        reasons = Counter(r for s, r in statuses if s == "blocked")
-        return "blocked", reasons.most_common(1)[0][0]
-    if kinds <= {"ok", "degraded", "inconclusive"} and "degraded" in kinds and len(
-        {r for s, r in statuses if s == "degraded"}
-    ) == 1 and "ok" not in kinds:
-        return "degraded", next(r for s, r in statuses if s == "degraded")
+    if kinds == {"blocked"}:
+        return "blocked", _commonest(r for _, r in judged)
+    if need == "any" and "degraded" in kinds:  # the best member is degraded
+        return "degraded", _commonest(r for s, r in judged if s == "degraded")
+    if "blocked" not in kinds:  # ok and degraded: say what degrades it
+        return "degraded", _commonest(r for s, r in judged if s == "degraded")
     return "degraded", "partial"
+
+
+def _tally(members: Sequence[TargetResult | FeatureResult]) -> str:
+    """'1 of 3 ok; 2 failed: tcp.timeout x2'."""
+    ok = sum(1 for m in members if m.status == "ok")
+    failed = Counter(m.reason for m in members if m.status != "ok")
+    text = f"{ok} of {len(members)} ok"
+    if failed:
+        text += f"; {sum(failed.values())} not: " + ", ".join(
+            f"{r} x{n}" if n > 1 else r for r, n in failed.items())
+    return text
 
 
 def judge_features(
@@ -248,10 +803,16 @@ def judge_features(
     for (platform, feature), members in grouped.items():
         need = needs.get((platform, feature), "all")
         status, reason = combine([(m.status, m.reason) for m in members], need)
-        ok = sum(1 for m in members if m.status == "ok")
-        out.append(FeatureResult(platform=platform, feature=feature, status=status, reason=reason,
-                                 detail=f"{ok} of {len(members)} targets ok (need {need})"))
+        detail = f"targets: {_tally(members)} (need {need})"
+        if need == "any" and status == "ok" and any(m.status != "ok" for m in members):
+            detail += ": clients fail over to the working ones"
+        out.append(FeatureResult(platform=platform, feature=feature, status=status,
+                                 reason=reason, detail=detail, need=need))
     return out
+
+
+def feature_verdict(f: FeatureResult) -> str:
+    return f.status if f.status == "ok" else f"{f.status} ({f.reason})"
 
 
 def judge_platforms(
@@ -265,10 +826,20 @@ def judge_platforms(
         status, reason = combine([(m.status, m.reason) for m in members])
         out.append(PlatformResult(
             platform=platform, name=names.get(platform), status=status, reason=reason,
-            features={m.feature: m.status if m.status == "ok" else f"{m.status} ({m.reason})"
-                      for m in members},
+            detail=f"features: {_tally(members)}",
+            features={m.feature: feature_verdict(m) for m in members},
         ))
     return out
+
+
+Judged = tuple[NetworkResult, list[TargetResult], list[FeatureResult], list[PlatformResult]]
+
+
+def judge_groups(network: NetworkResult, targets: list[TargetResult],
+                 needs: dict[tuple[str, str], str], names: dict[str, str | None]) -> Judged:
+    apply_network(network, targets)
+    features = judge_features(targets, needs)
+    return network, targets, features, judge_platforms(features, names)
 
 
 def judge_run(
@@ -276,14 +847,30 @@ def judge_run(
     needs: dict[tuple[str, str], str],
     names: dict[str, str | None],
     baseline: Run | None = None,
-) -> tuple[NetworkResult, list[TargetResult], list[FeatureResult], list[PlatformResult]]:
+    thresholds: Thresholds = DEFAULT,
+) -> Judged:
     """Judge a whole run: controls, then targets in the light of the network, then groups."""
-    controls = [judge_target(j, o, baseline) for j, o in jobs_and_observations if j.is_control]
-    targets = [judge_target(j, o, baseline) for j, o in jobs_and_observations
-               if not j.is_control]
-    network = judge_network(controls)
-    apply_network(network, targets)
-    features = judge_features(targets, needs)
-    for f in features:
-        f.need = needs.get((f.platform, f.feature), "all")
-    return network, targets, features, judge_platforms(features, names)
+    controls = [judge_target(j, o, baseline, thresholds)
+                for j, o in jobs_and_observations if j.is_control]
+    targets = [judge_target(j, o, baseline, thresholds)
+               for j, o in jobs_and_observations if not j.is_control]
+    return judge_groups(judge_network(controls, thresholds), targets, needs, names)
+
+
+def rejudge(saved: Run, baseline: Run | None, baseline_path: str | None = None,
+            thresholds: Thresholds = DEFAULT) -> Run:
+    """A saved run judged again against another baseline, from its saved facts alone: the
+    verdicts a live run with that baseline would have given."""
+    def again(t: TargetResult) -> TargetResult:
+        return judge_subject(subject_of_result(t), t.observation, baseline, thresholds)
+
+    controls = [again(c) for c in saved.network.controls]
+    targets = [again(t) for t in saved.targets]
+    needs = {(f.platform, f.feature): f.need for f in saved.features}
+    names = {p.platform: p.name for p in saved.platforms}
+    network, targets, features, platforms = judge_groups(
+        judge_network(controls, thresholds), targets, needs, names)
+    return saved.model_copy(update={
+        "baseline": baseline_path, "network": network, "targets": targets,
+        "features": features, "platforms": platforms,
+    })

@@ -31,6 +31,9 @@ class TargetResult(BaseModel):
     samples: int = 0
     ok_samples: int = 0
     domestic: bool = False  # controls only: a control inside the country
+    # the catalog's expect thresholds (max_rtt_ms, min_throughput_bps, max_loss), kept so a saved
+    # run can be judged again against another baseline without its catalog
+    expect: dict[str, float] | None = None
     observation: Observation = Observation()  # every sample whole, to judge again later
 
 

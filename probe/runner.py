@@ -68,7 +68,8 @@ class Runner:
         if job.is_control:
             self._controls_left -= 1
             if self._controls_left == 0:
-                controls = [classify.judge_target(j, o) for j, o in self.done if j.is_control]
+                controls = [classify.judge_target(j, o, baseline=self.baseline)
+                            for j, o in self.done if j.is_control]
                 self._network = classify.judge_network(controls)
                 held, self._held = self._held, []
                 for j, o in held:
