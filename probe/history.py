@@ -1,8 +1,9 @@
 """The history store: every run appended to one SQLite file, queried as a timeline or a table.
 
 Strategy: one row per run in `runs` (its document minus targets and controls), one row per
-target (controls too) in `results` with the whole TargetResult JSON beside a few columns pulled
-out for queries, and one row per feature in `features`. A run is written in ONE transaction, so a
+target (controls too) in `results` with the whole TargetResult (JSON, zlib-compressed: a watcher
+runs for months) beside a few columns pulled out for queries, and one row per feature in
+`features`. A run is written in ONE transaction, so a
 process killed mid-write leaves the run whole or absent, never half. WAL mode lets readers work
 while a watcher writes; concurrent writers queue on SQLite's lock (`busy_timeout`) and give up
 with a clear HistoryError rather than corrupt anything. A saved run can be rebuilt whole from
@@ -18,6 +19,7 @@ import os
 import sqlite3
 import statistics
 import sys
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -66,10 +68,9 @@ CREATE TABLE IF NOT EXISTS results (
     rtt_ms          REAL,
     throughput_bps  REAL,
     loss            REAL,
-    document        TEXT NOT NULL,      -- the whole TargetResult
+    document        BLOB NOT NULL,      -- the whole TargetResult, zlib-compressed JSON
     PRIMARY KEY (run_id, position)
 );
-CREATE INDEX IF NOT EXISTS results_target ON results (platform, feature, url);
 CREATE TABLE IF NOT EXISTS features (
     run_id          INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     platform        TEXT NOT NULL,
@@ -274,7 +275,7 @@ def record(db: sqlite3.Connection, run: Run, path: str | Path = "history") -> in
             rtt, rate, loss = metrics_of(target)
             rows.append((run_id, position, int(control), target.platform, target.feature,
                          target.url, target.name, target.status, target.reason, rtt, rate, loss,
-                         target.model_dump_json()))
+                         zlib.compress(target.model_dump_json().encode(), 6)))
         db.executemany("INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         db.executemany("INSERT INTO features VALUES (?,?,?,?,?)",
                        [(run_id, f.platform, f.feature, f.status, f.reason)
@@ -407,10 +408,10 @@ def load_run(db: sqlite3.Connection, run_id: int) -> Run:
     document = json.loads(row[0])
     document["schema_"] = document.pop("schema")
     run = Run.model_validate(document)
-    for control, text in db.execute(
+    for control, blob in db.execute(
             "SELECT control, document FROM results WHERE run_id = ? ORDER BY position",
             (run_id,)):
-        target = TargetResult.model_validate_json(text)
+        target = TargetResult.model_validate_json(zlib.decompress(blob))
         (run.network.controls if control else run.targets).append(target)
     return run
 
