@@ -158,8 +158,7 @@ class HostileServer:
                 if not data or len(request) > 65536:
                     return
                 request += data
-            await self._respond(tls, behaviour, peer)
-            await _until_closed(reader)
+            await self._respond(tls, behaviour, peer)  # then close: "connection: close"
         except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - whatever the client
             pass  # does (RST mid-body, garbage), the server survives; stop() cancels handlers
         finally:
