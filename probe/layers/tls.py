@@ -68,6 +68,7 @@ class Wire:
         self._outgoing = ssl.MemoryBIO()
         self._loop = asyncio.get_running_loop()
         self.raw_received = 0
+        self.last_raw_at = time.perf_counter()  # when the peer last sent anything
         self.first_byte: int | None = None  # the first byte from the peer: a TLS record type
         self.idle: float | None = None
         self.closed = False
@@ -82,6 +83,7 @@ class Wire:
             if self.first_byte is None:
                 self.first_byte = data[0]
             self.raw_received += len(data)
+            self.last_raw_at = time.perf_counter()
         return data
 
     async def _flush(self) -> None:
@@ -328,6 +330,10 @@ async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str
             address, port = tcp.get("address"), tcp.get("port")
             return {"certificate": await presented_certificate(job, ctx, address, port)}
         if failed[1].failure not in SWAP_AFTER:
+            return {}
+        if failed[1].get("first_record") == "handshake":
+            # The server answered this very SNI with a handshake record (a slow or broken
+            # server, not a filter, which acts before the server's answer): no swap verdict.
             return {}
         tcp = sample.phases.get("tcp")
         if tcp is not None and tcp.ok:
