@@ -8,11 +8,12 @@ and an HTTP/2 connection still being set up takes other requests to that origin,
 client would mix targets that share an address and skip the tcp and tls phases.
 
 Timing (CENSORSHIP.md, "https / throttling"): the response must start within `job.timeout` of
-the request, and no gap between raw bytes may exceed `job.timeout`: bytes then silence is a
-`stall`, with the bytes received before it. Otherwise the transfer is read for a bounded window
-(WINDOW_FACTOR x timeout after the handshake, a deadline, not an idle timer) or up to BYTE_CAP,
-and stops there with ok: a slow but moving transfer is throttling, judged from its throughput,
-never a timeout. Redirects are not followed; the Location host is kept (captive-portal evidence).
+the request. Then the transfer is read for a bounded window (WINDOW_FACTOR x timeout after the
+handshake, a deadline, not an idle timer) or up to BYTE_CAP. When the window closes, bytes then
+silence for at least `job.timeout` is a `stall`, with the bytes received before it; anything
+still moving is ok: a slow transfer is throttling, judged from its throughput, never a timeout.
+Gaps are judged only at the window's end because a policer's drops can hold TCP silent for
+longer than a timeout (retransmission back-off) on a transfer that then moves on. Redirects are not followed; the Location host is kept (captive-portal evidence).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class _Stream(httpcore.AsyncNetworkStream):
         data = await self.wire.read(max_bytes)
         if data and self.backend.first_byte_at is None:
             self.backend.first_byte_at = time.perf_counter()
+            # Once the response flows, a gap is judged at the window's end, not as it happens:
+            # a policer's drops can stall TCP for longer than a timeout (retransmission
+            # back-off) on a transfer that then moves on. That is throttling, not a stall.
+            self.wire.idle = None
         self.backend.response_bytes += len(data)
         return data
 
@@ -205,11 +210,15 @@ async def _get(job: Job, client: httpx.AsyncClient, request: httpx.Request, back
     except _Recorded:
         return
     except TimeoutError:
-        if not deadline.expired():  # the wire was silent for a whole timeout
-            failure = Failed(STALL, f"transfer stalled: {body} body bytes, then nothing for "
-                             f"{job.timeout:g} s") if backend.response_bytes else Failed(
-                TIMEOUT, f"no response within {job.timeout:g} s of the request")
-            _fail(sample, backend, facts, body, failure)
+        if not deadline.expired():  # the wire was silent for a whole timeout before a response
+            _fail(sample, backend, facts, body, Failed(
+                TIMEOUT, f"no response within {job.timeout:g} s of the request"))
+            return
+        silent_for = time.perf_counter() - (backend.wire.last_raw_at if backend.wire else 0)
+        if backend.response_bytes and silent_for >= job.timeout:
+            _fail(sample, backend, facts, body, Failed(
+                STALL, f"transfer stalled: {body} body bytes, then nothing for "
+                f"{silent_for:.1f} s"))
             return
         if response is None:
             _fail(sample, backend, facts, body, Failed(
