@@ -108,8 +108,12 @@ def _join(addresses: Iterable[str]) -> str:
     return ", ".join(addresses) or "nothing"
 
 
-# Certificate-check failures that say this host cannot reach that family at all (no IPv6).
-_UNTESTABLE_HERE = (F.NETWORK_UNREACHABLE, F.ADDRESS_UNAVAILABLE)
+def _untestable_here(phase: Phase, address: str) -> bool:
+    """The certificate check failed because this host cannot reach that address family at all
+    (no IPv6), not because of the address. An IPv4 sinkhole that is unreachable (Iran's
+    10.10.34.34 has no route from most networks) is evidence, not an untestable case."""
+    failure = phase.get("cert_failure")
+    return failure == F.ADDRESS_UNAVAILABLE or (failure == F.NETWORK_UNREACHABLE and ":" in address)
 # Certificate-check failures that showed a certificate, and a wrong one: positive evidence.
 _WRONG_CERTIFICATE = (F.UNTRUSTED_CERTIFICATE, F.HOSTNAME_MISMATCH)
 
@@ -176,7 +180,7 @@ def judge_phase(phase: Phase, baseline: BaselineDns | None = None,
                   f"for a public name{_cert_note(phase, used)}; not cross-checked: "
                   f"{_no_reference(phase)}")
         return ("blocked", "dns.bogon", detail)
-    if cert_valid is None or phase.get("cert_failure") in _UNTESTABLE_HERE:
+    if cert_valid is None or _untestable_here(phase, used):
         return None  # disjoint, but the certificate was never checked: cannot judge
     kind = "dns.bogon" if is_bogon(used) else "dns.mismatch"
     if kind == "dns.mismatch" and reached and phase.get("cert_failure") not in _WRONG_CERTIFICATE:

@@ -294,3 +294,18 @@ def test_parse_reply_ignores_address_records_of_another_class() -> None:
     wire[-12:-10] = (0x1234).to_bytes(2, "big")  # a class nobody defined
     got = parse_reply(bytes(wire), query)
     assert got is not None and got.addresses == []
+
+
+def test_unreachable_ipv4_sinkhole_is_a_bogon_but_no_ipv6_is_not_judged() -> None:
+    from probe.classify_dns import judge_phase
+    from probe.observations import Phase
+
+    sinkhole = Phase(ok=True, name="web.example.org", resolver="configured",
+                     answers=["10.10.34.34"], crosscheck_answers=["198.51.100.7"],
+                     cert_valid_for_name=False, cert_failure="network_unreachable")
+    verdict = judge_phase(sinkhole)
+    assert verdict is not None and verdict[:2] == ("blocked", "dns.bogon")
+    no_ipv6 = Phase(ok=True, name="web.example.org", resolver="configured",
+                    answers=["2001:db8::7"], crosscheck_answers=["2001:db8::8"],
+                    cert_valid_for_name=False, cert_failure="network_unreachable")
+    assert judge_phase(no_ipv6) is None
