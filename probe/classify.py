@@ -285,7 +285,7 @@ def judge_samples(subject: Subject, observation: Observation, base: TargetResult
     failing = [s for s in samples if not s.ok]
     if not failing:
         verdict = judge_quality(subject, observation, base, th)
-        note = classify_dns.note(observation)
+        note = classify_dns.note(observation) if base is None else None
         if note and verdict.status == "ok":
             verdict.detail = _join(verdict.detail, note)
         return verdict
@@ -307,7 +307,8 @@ def judge_samples(subject: Subject, observation: Observation, base: TargetResult
     verdict = Verdict(status_of(reason), reason, detail)
     if reason == "target.untestable" and _no_local_ipv6(worst, *failed, th):
         verdict.detail = _join(detail, "this host has no IPv6 route: not a block")
-    verdict = diagnose(verdict, observation.diagnosis, base)
+    down = base is not None and verdict.status == "blocked" and baseline_failure(base, th) == reason
+    verdict = diagnose(verdict, observation.diagnosis, base, refine=not down)
     return _same_in_baseline(verdict, reason, base, th)
 
 
@@ -362,8 +363,7 @@ def _sni_control(v: Verdict, step: Phase, base: TargetResult | None) -> str | No
         reply = {"server_hello": "a ServerHello", "alert": "a TLS alert",
                  "handshake": "a handshake record"}.get(step.get("reply"), "an answer")
         v.status, v.reason = "blocked", "tls.sni_filtered"
-        return (f"SNI control: the same address with SNI {sni} got {reply}{_ms(step)}: "
-                f"the name is filtered, not the address")
+        return f"SNI control: the same address with SNI {sni} got {reply}{_ms(step)}"
     return (f"SNI control: the same address with SNI {sni} failed too "
             f"({step.error or step.failure}): the address or port is blocked, or the server is down")
 
@@ -375,8 +375,7 @@ def _version_negotiation(v: Verdict, step: Phase, base: TargetResult | None) -> 
         v.status, v.reason = "blocked", "quic.sni_filtered"
         versions = step.get("versions")
         listed = f" (versions {', '.join(map(str, versions))})" if versions else ""
-        return (f"version-negotiation ping without SNI answered{_ms(step)}{listed}: QUIC "
-                f"reaches the server, the handshake with this name does not")
+        return f"version-negotiation ping without SNI answered{_ms(step)}{listed}"
     return (f"version-negotiation ping unanswered too ({step.error or step.failure}): UDP to "
             f"this address and port is dropped, or nothing listens")
 
@@ -420,18 +419,31 @@ DIAGNOSIS: dict[str, Step] = {
 }
 
 
-def diagnose(verdict: Verdict, diagnosis: dict[str, Phase],
-             base: TargetResult | None = None) -> Verdict:
-    """Refine a blocked verdict with the diagnosis steps; each step that applies is named."""
-    raw = verdict.reason
+# What a refined reason concludes, said once at the head of `detail`.
+CONCLUSIONS = {
+    "tls.sni_filtered": "another SNI to the same address is answered: the name is filtered, "
+                        "not the address",
+    "quic.sni_filtered": "QUIC without a ClientHello is answered: the handshake with this name "
+                         "is filtered",
+}
+
+
+def diagnose(verdict: Verdict, diagnosis: dict[str, Phase], base: TargetResult | None = None,
+             refine: bool = True) -> Verdict:
+    """Refine a blocked verdict with the diagnosis steps; each step that applies is named.
+    With `refine` False the steps are only listed (the verdict is already decided)."""
+    raw = Verdict(verdict.status, verdict.reason, verdict.detail)
     steps = []
     for key, step in diagnosis.items():
         rule = DIAGNOSIS.get(key)
         text = rule(verdict, step, base) if rule is not None else None
         if text:
             steps.append(text)
-    if verdict.reason != raw:
-        verdict.detail = f"{raw} on every sample; {verdict.detail}"
+    if not refine:
+        verdict.status, verdict.reason = raw.status, raw.reason
+    elif verdict.reason != raw.reason:
+        why = CONCLUSIONS.get(verdict.reason, "")
+        verdict.detail = _join(f"{raw.reason} on every sample, but {why}", verdict.detail)
     verdict.detail = _join(verdict.detail, *steps)
     return verdict
 
@@ -592,7 +604,7 @@ def _throughput(s: Subject, obs: Observation, base: TargetResult | None, th: Thr
     before = _baseline_rate(base, th)
     why = []
     if before is not None and rate < before * th.throttle_ratio:
-        why.append(f"{rate / before:.0%} of the baseline's {_rate(before)}")
+        why.append(f"{before / rate:.0f}x below the baseline's {_rate(before)}")
     if "min_throughput_bps" in s.expect and rate < s.expect["min_throughput_bps"]:
         why.append(f"below expect.min_throughput {_rate(s.expect['min_throughput_bps'])}")
     if before is None and "min_throughput_bps" not in s.expect and rate < th.min_throughput_bps:
