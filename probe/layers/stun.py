@@ -20,6 +20,7 @@ socket's local address (`nat`: whether they differ) and dropped; neither address
 from __future__ import annotations
 
 import asyncio
+import math
 import ipaddress
 import math
 import socket
@@ -41,6 +42,7 @@ SPACING_S = 0.2  # between requests: a train, not a burst a rate limiter would c
 SUSTAIN_RATE = 4.0  # requests per second in a sustained exchange
 CUTOFF_MIN_SILENT = 5  # a cut-off needs at least this many unanswered requests at the end...
 CUTOFF_TAIL = 0.3  # ...covering at least this share of the exchange
+CUTOFF_CHANCE = 0.001  # ...and the loss before it would produce such a tail this rarely
 SLACK_S = 1.0
 
 ANSWERED, LATE, NOTHING = "+", "L", "."
@@ -62,10 +64,16 @@ def budget(job: Job) -> float:
 
 def is_cutoff(pattern: str) -> bool:
     """Answers at first, then silence to the end: at least CUTOFF_MIN_SILENT requests and
-    CUTOFF_TAIL of the exchange unanswered after the last answer."""
+    CUTOFF_TAIL of the exchange unanswered after the last answer, and a silent tail that the
+    loss seen before it would explain less than once in CUTOFF_CHANCE exchanges (at 50 % loss
+    six lost in a row happen one time in 64: that is bad luck, not a cut-off)."""
     last = pattern.rfind(ANSWERED)
     silent = len(pattern) - 1 - last
-    return last >= 0 and silent >= CUTOFF_MIN_SILENT and silent >= CUTOFF_TAIL * len(pattern)
+    if last < 0 or silent < CUTOFF_MIN_SILENT or silent < CUTOFF_TAIL * len(pattern):
+        return False
+    before = pattern[: last + 1]
+    loss = sum(1 for c in before if c != ANSWERED) / len(before)
+    return loss == 0 or silent >= math.log(CUTOFF_CHANCE) / math.log(loss)
 
 
 class _Exchange(asyncio.DatagramProtocol):

@@ -166,6 +166,8 @@ def test_stun_sustained_exchange_that_keeps_answering_is_ok(
     ("++++++++++++++++.....", False),  # 5 unanswered, but under 30 % of the exchange
     ("..........", False),  # never answered: a timeout
     ("+++++.....+", False),  # answers came back
+    ("+.+.+..+.+.+" + "." * 6, False),  # 50 % loss explains six in a row (1 in 64)
+    ("+.+.+..+.+.+" + "." * 12, True),  # ...but not twelve (1 in 4,096)
 ])
 def test_cutoff_rule(pattern: str, cut: bool) -> None:
     assert stun_layer.is_cutoff(pattern) is cut
