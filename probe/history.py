@@ -483,15 +483,46 @@ def _changes(verdicts: Sequence[tuple[str, str] | None], runs: Sequence[RunInfo]
         if verdict is None:
             continue
         if previous is not None and verdict != previous:
-            before = previous[0] if previous[0] == "ok" else f"{previous[0]} {previous[1]}"
-            after = verdict[0] if verdict[0] == "ok" else f"{verdict[0]} {verdict[1]}"
-            last = f"{before} → {after} at {_when(run.started_at)} (run {run.id})"
+            last = (f"{_verdict_text(previous)} → {_verdict_text(verdict)}"
+                    f" at {_when(run.started_at)} (run {run.id})")
         previous = verdict
     return last
 
 
+def _cells(verdicts: Sequence[tuple[str, str] | None]) -> Any:
+    from rich.text import Text
+
+    text = Text()
+    for v in verdicts:
+        glyph, style = CELLS.get(v[0], ABSENT) if v else ABSENT
+        text.append(glyph, style=style)
+    return text
+
+
+def _now(verdict: tuple[str, str] | None) -> Any:
+    from rich.text import Text
+
+    if verdict is None:
+        return Text("-")
+    return Text(_verdict_text(verdict), style=CELLS.get(verdict[0], ABSENT)[1])
+
+
+def _verdict_text(verdict: tuple[str, str]) -> str:
+    return verdict[0] if verdict[0] == "ok" else f"{verdict[0]} {verdict[1]}"
+
+
+def _latest(series: Sequence[float | None], unit: str) -> str:
+    value = next((v for v in reversed(series) if v is not None), None)
+    if value is None:
+        return ""
+    if unit == "ms":
+        return f"{value:.2g} ms" if value < 10 else f"{value:.0f} ms"
+    return _rate(value) if unit == "rate" else f"{value:.0%}"
+
+
 def render_timeline(history: History, *, width: int = 120, color: bool = False) -> str:
-    """Per feature and target: status cells (one per run), sparklines, and the last change."""
+    """Two sections over the same runs, one column per run: the verdicts of each feature and
+    target (with the last change), then sparklines of RTT, throughput and loss per target."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -502,70 +533,57 @@ def render_timeline(history: History, *, width: int = 120, color: bool = False) 
     if not history.runs:
         console.print("No runs recorded in this period.")
         return buffer.getvalue()
-    runs = history.runs[-MAX_CELLS:]
+    # one character per run; the rest of the line keeps room for labels and the last change
+    runs = history.runs[-max(10, min(MAX_CELLS, width - 90)):]
     interrupted = sum(1 for r in runs if r.interrupted)
-    heading = (f"{len(runs)} runs, {_when(runs[0].started_at)} → {_when(runs[-1].started_at)}"
-               f" UTC" + (f" ({interrupted} interrupted)" if interrupted else ""))
-    console.print(Text(heading, style="bold"))
+    shown = f"last {len(runs)} of {len(history.runs)}" if len(runs) < len(history.runs) else (
+        f"{len(runs)}")
+    console.print(Text(
+        f"{shown} runs, {_when(runs[0].started_at)} → {_when(runs[-1].started_at)} UTC"
+        + (f" ({interrupted} interrupted)" if interrupted else ""), style="bold"))
 
-    def cells(verdicts: Sequence[tuple[str, str] | None]) -> Text:
-        text = Text()
-        for v in verdicts:
-            glyph, style = CELLS.get(v[0], ABSENT) if v else ABSENT
-            text.append(glyph, style=style)
-        return text
-
-    def now(verdict: tuple[str, str] | None) -> Text:
-        if verdict is None:
-            return Text("-")
-        status, reason = verdict
-        return Text(status if status == "ok" else f"{status} {reason}",
-                    style=CELLS.get(status, ABSENT)[1])
-
-    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
-    for column in ("feature / target", "runs", "now", "rtt", "throughput", "loss",
-                   "last change"):
-        table.add_column(column, no_wrap=column != "last change", overflow="fold")
     targets: dict[tuple[str, str, str, str], dict[int, HistoryRow]] = {}
     for row in history.rows:
         targets.setdefault((row.platform, row.feature, row.url, row.name), {})[row.run_id] = row
     groups: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
     for key in targets:
         groups.setdefault((key[0], key[1]), []).append(key)
+
+    verdicts = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
+    trends = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
+    for column in ("feature / target", "runs", "now", "last change"):
+        verdicts.add_column(column, no_wrap=column != "last change", overflow="fold")
+    for column in ("target", "", "runs", "latest"):
+        trends.add_column(column, no_wrap=True)
     for (platform, feature), keys in groups.items():
-        verdicts_of_feature = history.features.get((platform, feature), {})
-        fv = [verdicts_of_feature.get(r.id) for r in runs]
         label = platform if platform == CONTROL else f"{platform} / {feature}"
         if platform == CONTROL:
-            table.add_row(Text(label, style="bold"))
+            verdicts.add_row(Text(label, style="bold"))
         else:
+            by_run = history.features.get((platform, feature), {})
+            fv = [by_run.get(r.id) for r in runs]
             latest = next((v for v in reversed(fv) if v), None)
-            table.add_row(Text(label, style="bold"), cells(fv), now(latest), "", "", "",
-                          _changes(fv, runs))
+            verdicts.add_row(Text(label, style="bold"), _cells(fv), _now(latest),
+                             _changes(fv, runs))
         for key in keys:
-            by_run = targets[key]
-            present = [by_run.get(r.id) for r in runs]
+            present = [targets[key].get(r.id) for r in runs]
             tv = [(row.status, row.reason) if row else None for row in present]
-            rtts = [row.rtt_ms if row else None for row in present]
-            rates = [row.throughput_bps if row else None for row in present]
-            losses = [row.loss if row else None for row in present]
-            last_row = next((row for row in reversed(present) if row), None)
-
-            def with_latest(series: list[float | None], fmt: str) -> str:
-                line = sparkline(series)
-                latest = next((v for v in reversed(series) if v is not None), None)
-                if latest is None:
-                    return line
-                shown = {"ms": f"{latest:.2g} ms" if latest < 10 else f"{latest:.0f} ms", "rate": _rate(latest),
-                         "pct": f"{latest:.0%}"}[fmt]
-                return f"{line} {shown}"
-
-            label = key[3] or key[2]
-            table.add_row(Text("  " + label), cells(tv),
-                          now((last_row.status, last_row.reason) if last_row else None),
-                          with_latest(rtts, "ms"), with_latest(rates, "rate"),
-                          with_latest(losses, "pct"), _changes(tv, runs))
-    console.print(table)
+            latest = next((v for v in reversed(tv) if v), None)
+            name = key[3] or key[2]
+            verdicts.add_row("  " + name, _cells(tv), _now(latest), _changes(tv, runs))
+            first = True
+            for metric, unit, series in (
+                ("rtt", "ms", [row.rtt_ms if row else None for row in present]),
+                ("throughput", "rate", [row.throughput_bps if row else None for row in present]),
+                ("loss", "pct", [row.loss if row else None for row in present]),
+            ):
+                if any(v is not None for v in series):
+                    where = "control" if platform == CONTROL else f"{platform}/{feature}"
+                    shown_as = f"{where} {name}"
+                    trends.add_row(shown_as if first else "", metric, sparkline(series),
+                                   _latest(series, unit))
+                    first = False
+    console.print(verdicts)
     legend = Text()
     for status, (glyph, style) in CELLS.items():
         legend.append(glyph, style=style)
@@ -573,4 +591,8 @@ def render_timeline(history: History, *, width: int = 120, color: bool = False) 
     legend.append(ABSENT[0], style=ABSENT[1])
     legend.append(" not measured")
     console.print(legend)
+    if trends.row_count:
+        console.print()
+        console.print(Text("Trends (lowest ▁ to highest █ of each line)", style="bold"))
+        console.print(trends)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

@@ -231,16 +231,35 @@ def test_timeline_shows_cells_sparklines_and_changes(tmp_path: Path) -> None:
     for run in (ok_run(1.0), ok_run(5.0), blocked_run(), ok_run(9.0)):
         history.record(db, run)
     text = history.render_timeline(history.query(db), width=160)
-    chat = next(line for line in text.splitlines() if "tcp://127.0.0.1:1234" in line)
+    lines = text.splitlines()
+    chat, chat_rtt = (line for line in lines if "tcp://127.0.0.1:1234" in line)
     assert "●●✕●" in chat
     assert "blocked tcp.reset → ok" in chat
-    assert "▁▅ █" in chat  # RTT 1, 5, (none), 9
-    calls = next(line for line in text.splitlines() if "stun://" in line)
-    assert "10%" in calls
+    assert "rtt" in chat_rtt and "▁▅ █" in chat_rtt  # RTT 1, 5, (none), 9
+    loss = lines[lines.index(next(line for line in lines if "demo/calls" in line)) + 1]
+    assert "loss" in loss and "▁▁█▁" in loss and "10%" in loss
+    rate = next(line for line in lines if "throughput" in line and "site" not in line)
+    assert "▄▄ ▄" in rate and "8.0 Mbit/s" in rate
     assert "demo / chat" in text and "4 runs" in text
     colored = history.render_timeline(history.query(db), width=160, color=True)
     assert "\x1b[" in colored
     assert "No runs" in history.render_timeline(history.query(db, since=4e9))
+
+
+def test_timeline_keeps_to_the_latest_runs_and_marks_interrupted(tmp_path: Path) -> None:
+    db = history.connect(tmp_path / "h.sqlite")
+    runs = [ok_run() for _ in range(history.MAX_CELLS + 5)]
+    runs[-1] = runs[-1].model_copy(update={"interrupted": True, "targets": runs[-1].targets[:1]})
+    for run in runs:
+        history.record(db, run)
+    text = history.render_timeline(history.query(db), width=200)
+    assert f"last {history.MAX_CELLS} of {history.MAX_CELLS + 5} runs" in text
+    assert "(1 interrupted)" in text
+    calls = next(line for line in text.splitlines() if "stun://" in line)
+    assert max(len(line) for line in text.splitlines()) <= 200
+    narrow = history.render_timeline(history.query(db), width=100)
+    assert "last 10 of" in narrow
+    assert "●" * (history.MAX_CELLS - 1) + "·" in calls  # not measured in the interrupted run
 
 
 def test_sparkline() -> None:
@@ -266,8 +285,10 @@ def test_two_concurrent_writers_never_corrupt(tmp_path: Path) -> None:
     db_path = str(tmp_path / "h.sqlite")
     n = 40
     code = WRITER.format(tests=str(Path(__file__).parent), n=n, db=db_path)
-    writers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
-    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    writers = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    errors = [w.communicate(timeout=120)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], errors
     db = history.connect(db_path)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     ids = history.run_ids(db)
