@@ -303,11 +303,22 @@ class HostileDnsServer:
                 except Exception:  # noqa: BLE001, S110 - a hostile client never stops it
                     pass
 
-        # One port number for both: TCP first (port 0 -> a free one), then UDP on that number.
-        self._tcp = await asyncio.start_server(self._connection, self.host, self.port)
-        self.port = self._tcp.sockets[0].getsockname()[1]
-        transport, _ = await loop.create_datagram_endpoint(_Udp, local_addr=(self.host, self.port))
-        self._udp = transport
+        # One port number for both: TCP first (port 0 -> a free one), then UDP on that number,
+        # retried with another TCP port when UDP has that number taken.
+        for attempt in range(20):
+            tcp = await asyncio.start_server(self._connection, self.host, self.port)
+            port = tcp.sockets[0].getsockname()[1]
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    _Udp, local_addr=(self.host, port))
+            except OSError:
+                tcp.close()
+                await tcp.wait_closed()
+                if self.port or attempt == 19:
+                    raise
+                continue
+            self._tcp, self._udp, self.port = tcp, transport, port
+            return
 
     async def stop(self) -> None:
         if self._udp is not None:
