@@ -276,3 +276,44 @@ def test_history_command_errors(tmp_path: Path) -> None:
                                     str(tmp_path / "x.json")),
                           check=False, capture_output=True, text=True, env=env, timeout=60)
     assert both.returncode == 2 and "--repeat" in both.stderr
+
+
+MID_WRITE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_history import ok_run
+from probe import history
+history.record_to({db!r}, ok_run())
+real, calls = history.metrics_of, []
+def slow(target):
+    calls.append(target)
+    if len(calls) == 3:  # inside the transaction, with the run's own row already inserted
+        print("writing", flush=True)
+        time.sleep(60)
+    return real(target)
+history.metrics_of = slow
+history.record_to({db!r}, ok_run())
+"""
+
+
+def test_kill_9_inside_the_write_transaction(tmp_path: Path) -> None:
+    """Deterministic: SIGKILL lands while a run is half inserted; the run is absent, the
+    one before it whole, the file intact."""
+    db = tmp_path / "h.sqlite"
+    code = MID_WRITE.format(tests=str(Path(__file__).parent), db=str(db))
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "writing"
+        assert (tmp_path / "h.sqlite-wal").exists()
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    connection = history.connect(db)
+    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert history.run_ids(connection) == [1]
+    assert connection.execute("SELECT count(*) FROM results").fetchone()[0] == 4
+    assert len(history.load_run(connection, 1).targets) == 3
+    history.record(connection, history.load_run(connection, 1))  # and it takes new runs
+    assert history.run_ids(connection) == [1, 2]
