@@ -7,12 +7,15 @@ import io
 import json
 from collections.abc import Callable
 
+from probe.metrics import metrics_of
 from probe.results import Run, TargetResult
 
 FORMATS = ("table", "json", "jsonl", "csv", "markdown")
 
+# Stable: new columns are only ever appended, so scripts reading by position keep working.
 CSV_COLUMNS = (
     "platform", "feature", "url", "name", "status", "reason", "samples", "ok_samples", "detail",
+    "rtt_ms", "throughput_bps", "loss",
 )
 
 
@@ -34,10 +37,16 @@ def render_csv(run: Run, baseline: Run | None = None) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for t in run.network.controls:
-        writer.writerow({**t.model_dump(include=set(CSV_COLUMNS)), "platform": "(control)"})
+        writer.writerow({**csv_row(t), "platform": "(control)"})
     for t in run.targets:
-        writer.writerow(t.model_dump(include=set(CSV_COLUMNS)))
+        writer.writerow(csv_row(t))
     return out.getvalue()
+
+
+def csv_row(target: TargetResult) -> dict[str, object]:
+    """A target's CSV cells: its verdict, and RTT (ms), throughput (bit/s) and loss (fraction)
+    from `probe.metrics` (empty when not measured)."""
+    return {**target.model_dump(include=set(CSV_COLUMNS)), **metrics_of(target)._asdict()}
 
 
 def render_markdown(run: Run, baseline: Run | None = None) -> str:

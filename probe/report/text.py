@@ -1,60 +1,122 @@
-"""The human report: a one-line-per-platform summary, then platform -> feature -> target."""
+"""The human report: a line per platform, the network line, then every target (beside its
+baseline when one is given), as a rich table or as paste-able markdown."""
 
 from __future__ import annotations
 
 import io
+import sys
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from probe.metrics import Metrics, metrics_of
 from probe.results import PlatformResult, Run, TargetResult
 
 STYLE = {"ok": "green", "degraded": "yellow", "blocked": "bold red", "inconclusive": "magenta"}
 MARK = {"ok": "✔", "degraded": "◐", "blocked": "✘", "inconclusive": "?"}
 
+Key = tuple[str | None, str | None, str]
 
-def _verdict(status: str, reason: str) -> str:
+
+def verdict(status: str, reason: str) -> str:
     return status if reason == "ok" else f"{status} ({reason})"
 
 
 def summary_line(p: PlatformResult) -> str:
-    """'WhatsApp: messaging ok · calls blocked (udp.timeout)'."""
-    features = " · ".join(f"{fid} {verdict}" for fid, verdict in p.features.items())
+    """'WhatsApp: messaging ok · calls blocked (udp.timeout) · media degraded (http.throttled)'."""
+    features = " · ".join(f"{fid} {v}" for fid, v in p.features.items())
     return f"{p.name or p.platform}: {features}" if features else f"{p.name or p.platform}"
 
 
-def _status_text(status: str, reason: str) -> Text:
-    return Text(f"{MARK.get(status, '')} {_verdict(status, reason)}", style=STYLE.get(status, ""))
+def network_line(run: Run) -> str:
+    n = run.network
+    return f"Network: {verdict(n.status, n.reason)}" + (f" — {n.detail}" if n.detail else "")
 
 
-def _target_label(t: TargetResult) -> str:
+def label(t: TargetResult) -> str:
     return f"{t.name} ({t.url})" if t.name else t.url
 
 
-def table(run: Run, baseline: Run | None = None, width: int = 120) -> str:
+def baseline_index(baseline: Run | None) -> dict[Key, TargetResult]:
+    """The baseline's targets by key (platform, feature, url; controls by url)."""
+    if baseline is None:
+        return {}
+    return {(t.platform, t.feature, t.url): t
+            for t in [*baseline.network.controls, *baseline.targets]}
+
+
+def fmt_ms(v: float | None) -> str:
+    return "" if v is None else f"{v:.0f} ms" if v >= 10 else f"{v:.1f} ms"
+
+
+def fmt_rate(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v / 1e6:.1f} Mbit/s" if v >= 1e6 else f"{v / 1e3:.0f} kbit/s"
+
+
+def fmt_flow(m: Metrics) -> str:
+    """Throughput for https targets, loss for STUN/TURN ones."""
+    if m.throughput_bps is not None:
+        return fmt_rate(m.throughput_bps)
+    return "" if m.loss is None else f"{m.loss:.0%} loss"
+
+
+def _side(now: str, then: str | None) -> str:
+    """'now | then' beside a baseline (a dash for a missing side), else just now."""
+    if then is None or not (now or then):
+        return now
+    return f"{now or '-'} | {then or '-'}"
+
+
+def _rows(run: Run, baseline: Run | None) -> list[tuple[str, TargetResult, TargetResult | None]]:
+    """(group label, target, its baseline target) for controls, then targets."""
+    base = baseline_index(baseline)
+    out = []
+    for t in [*run.network.controls, *run.targets]:
+        group = "(control)" if t.platform is None else f"{t.platform} / {t.feature}"
+        out.append((group, t, base.get((t.platform, t.feature, t.url))))
+    return out
+
+
+def table(run: Run, baseline: Run | None = None, width: int = 160,
+          color: bool | None = None) -> str:
+    """The report for a terminal; coloured when `color` (default: when stdout is a terminal)."""
+    color = sys.stdout.isatty() if color is None else color
     out = io.StringIO()
-    console = Console(file=out, width=width, force_terminal=False, color_system=None)
-    network = run.network
-    console.print(
-        Text(f"Network: {_verdict(network.status, network.reason)}"
-             + (f" — {network.detail}" if network.detail else ""),
-             style=STYLE.get(network.status, ""))
-    )
+    console = Console(file=out, width=width, force_terminal=color,
+                      color_system="standard" if color else None, highlight=False)
     for p in run.platforms:
-        console.print(Text(f"{MARK.get(p.status, '')} {summary_line(p)}", style=STYLE[p.status]))
+        console.print(Text(f"{MARK.get(p.status, '')} {summary_line(p)}",
+                           style=STYLE.get(p.status, "")))
+    console.print(Text(network_line(run), style=STYLE.get(run.network.status, "")))
+    if baseline is not None:
+        console.print(f"Baseline: {run.baseline or baseline.started_at} "
+                      f"(columns show now | baseline)")
     grid = Table(show_header=True, header_style="bold", expand=False, pad_edge=False)
     grid.add_column("platform / feature")
     grid.add_column("target", overflow="fold")
-    grid.add_column("verdict", no_wrap=True)
+    grid.add_column("verdict" if baseline is None else "verdict | baseline", no_wrap=True)
+    grid.add_column("RTT", no_wrap=True)
+    grid.add_column("rate / loss", no_wrap=True)
     grid.add_column("detail", overflow="fold")
-    for c in network.controls:
-        grid.add_row("(control)", _target_label(c), _status_text(c.status, c.reason), c.detail)
     last = None
-    for t in run.targets:
-        group = f"{t.platform} / {t.feature}"
-        grid.add_row("" if group == last else group, _target_label(t),
-                     _status_text(t.status, t.reason), t.detail)
+    for group, t, then in _rows(run, baseline):
+        now_m = metrics_of(t)
+        then_m = metrics_of(then) if then is not None else None
+        status = Text(f"{MARK.get(t.status, '')} {verdict(t.status, t.reason)}",
+                      style=STYLE.get(t.status, ""))
+        if baseline is not None:
+            status.append(" | ")
+            status.append(verdict(then.status, then.reason) if then else "-",
+                          style=STYLE.get(then.status, "") if then else "")
+        grid.add_row(
+            "" if group == last else group, label(t), status,
+            _side(fmt_ms(now_m.rtt_ms), fmt_ms(then_m.rtt_ms) if then_m else
+                  ("-" if baseline else None)),
+            _side(fmt_flow(now_m), fmt_flow(then_m) if then_m else ("-" if baseline else None)),
+            t.detail)
         last = group
     console.print(grid)
     if run.interrupted:
@@ -63,16 +125,37 @@ def table(run: Run, baseline: Run | None = None, width: int = 120) -> str:
     return out.getvalue()
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(run: Run, baseline: Run | None = None) -> str:
+    """The same report as markdown, to paste into an issue or a report."""
     lines = [f"# probe report — {run.started_at}", ""]
-    lines.append(f"Network: **{_verdict(run.network.status, run.network.reason)}**"
-                 + (f" — {run.network.detail}" if run.network.detail else ""))
-    lines.append("")
     for p in run.platforms:
         lines.append(f"- **{p.name or p.platform}**: {summary_line(p).split(': ', 1)[-1]}")
-    lines += ["", "| platform | feature | target | verdict | detail |", "|---|---|---|---|---|"]
-    for t in run.network.controls + run.targets:
-        cells = [t.platform or "(control)", t.feature or "", _target_label(t),
-                 _verdict(t.status, t.reason), t.detail]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    n = run.network
+    lines += ["", f"Network: **{verdict(n.status, n.reason)}**"
+              + (f" — {n.detail}" if n.detail else ""), ""]
+    if baseline is not None:
+        lines += [f"Baseline: `{run.baseline or baseline.started_at}`", ""]
+        header = ("| platform | feature | target | verdict | baseline | RTT | RTT then "
+                  "| rate / loss | then | detail |")
+        lines += [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| platform | feature | target | verdict | RTT | rate / loss | detail |",
+                  "|---|---|---|---|---|---|---|"]
+    for _, t, then in _rows(run, baseline):
+        m = metrics_of(t)
+        cells = [t.platform or "(control)", t.feature or "", label(t), verdict(t.status, t.reason)]
+        if baseline is not None:
+            mt = metrics_of(then) if then else None
+            cells += [verdict(then.status, then.reason) if then else "-", fmt_ms(m.rtt_ms),
+                      fmt_ms(mt.rtt_ms) if mt else "-", fmt_flow(m), fmt_flow(mt) if mt else "-"]
+        else:
+            cells += [fmt_ms(m.rtt_ms), fmt_flow(m)]
+        cells.append(t.detail)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if run.interrupted:
+        lines += ["", "_Interrupted: the results above are the targets finished so far._"]
     return "\n".join(lines) + "\n"

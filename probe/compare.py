@@ -1,0 +1,196 @@
+"""`probe compare A.json B.json`: what changed between two saved runs, target by target.
+
+Targets match by platform + feature + url, controls by url (as baselines do). For each: the
+status transition and the deltas of RTT, throughput and loss (probe/metrics.py). A table for
+people, JSON (`probe.compare/1`) for scripts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from probe.metrics import Metrics, metrics_of
+from probe.results import Run, TargetResult
+
+SCHEMA = "probe.compare/1"
+Change = Literal["same", "worse", "better", "changed", "added", "removed"]
+
+# How bad a status is, for "worse"/"better"; inconclusive says nothing either way.
+SEVERITY = {"ok": 0, "degraded": 1, "blocked": 2}
+STYLE = {"worse": "bold red", "better": "green", "changed": "yellow", "added": "cyan",
+         "removed": "magenta", "same": ""}
+
+Key = tuple[str | None, str | None, str]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One target in both runs (either side may be missing)."""
+
+    key: Key
+    name: str | None
+    before: TargetResult | None
+    after: TargetResult | None
+
+    @property
+    def is_control(self) -> bool:
+        return self.key[0] is None
+
+    @property
+    def change(self) -> Change:
+        if self.before is None:
+            return "added"
+        if self.after is None:
+            return "removed"
+        a, b = self.before, self.after
+        if (a.status, a.reason) == (b.status, b.reason):
+            return "same"
+        if a.status in SEVERITY and b.status in SEVERITY and a.status != b.status:
+            return "worse" if SEVERITY[b.status] > SEVERITY[a.status] else "better"
+        return "changed"
+
+
+def _key(t: TargetResult) -> Key:
+    return (t.platform, t.feature, t.url)
+
+
+def rows(before: Run, after: Run) -> list[Row]:
+    """Every target of either run, in the later run's order, then those only in the earlier."""
+    def index(run: Run) -> dict[Key, TargetResult]:
+        return {_key(t): t for t in [*run.network.controls, *run.targets]}
+
+    old, new = index(before), index(after)
+    keys = list(new) + [k for k in old if k not in new]
+    return [Row(k, (new.get(k) or old[k]).name, old.get(k), new.get(k)) for k in keys]
+
+
+def _verdict(t: TargetResult | None) -> str:
+    if t is None:
+        return "-"
+    return t.status if t.reason == "ok" else f"{t.status} ({t.reason})"
+
+
+def _side(t: TargetResult | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    m = metrics_of(t)
+    return {"status": t.status, "reason": t.reason, "detail": t.detail, "rtt_ms": m.rtt_ms,
+            "throughput_bps": m.throughput_bps, "loss": m.loss}
+
+
+def _delta(a: float | None, b: float | None, digits: int) -> float | None:
+    return None if a is None or b is None else round(b - a, digits)
+
+
+def to_document(before: Run, after: Run) -> dict[str, Any]:
+    """The comparison as a JSON-ready document."""
+    targets = []
+    counts: dict[str, int] = {}
+    for row in rows(before, after):
+        a, b = _side(row.before), _side(row.after)
+        ma = metrics_of(row.before) if row.before else Metrics(None, None, None)
+        mb = metrics_of(row.after) if row.after else Metrics(None, None, None)
+        counts[row.change] = counts.get(row.change, 0) + 1
+        targets.append({
+            "platform": row.key[0], "feature": row.key[1], "url": row.key[2], "name": row.name,
+            "control": row.is_control, "change": row.change, "before": a, "after": b,
+            "delta": {"rtt_ms": _delta(ma.rtt_ms, mb.rtt_ms, 3),
+                      "throughput_bps": _delta(ma.throughput_bps, mb.throughput_bps, 0),
+                      "loss": _delta(ma.loss, mb.loss, 4)},
+        })
+    features_before = {(f.platform, f.feature): f for f in before.features}
+    features = [{"platform": f.platform, "feature": f.feature,
+                 "before": _feature(features_before.get((f.platform, f.feature))),
+                 "after": _feature(f)} for f in after.features]
+    return {
+        "schema": SCHEMA,
+        "before": {"started_at": before.started_at, "catalog": before.catalog.path},
+        "after": {"started_at": after.started_at, "catalog": after.catalog.path},
+        "network": {"before": _network(before), "after": _network(after)},
+        "summary": counts,
+        "features": features,
+        "targets": targets,
+    }
+
+
+def _feature(f: Any) -> dict[str, str] | None:
+    return None if f is None else {"status": f.status, "reason": f.reason}
+
+
+def _network(run: Run) -> dict[str, str]:
+    return {"status": run.network.status, "reason": run.network.reason}
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def _bps(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1e6:.1f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _pair(a: float | None, b: float | None, fmt: Any) -> str:
+    if a is None and b is None:
+        return ""
+    return f"{fmt(a)} → {fmt(b)}"
+
+
+def _summary(document: dict[str, Any]) -> str:
+    counts = document["summary"]
+    total = sum(counts.values())
+    parts = [f"{counts[k]} {k}" for k in ("worse", "better", "changed", "added", "removed")
+             if counts.get(k)]
+    return f"{total} targets: " + (", ".join(parts) if parts else "nothing changed")
+
+
+def table(before: Run, after: Run, width: int = 140, color: bool | None = None) -> str:
+    """The comparison for people; coloured when `color` (default: when stdout is a terminal)."""
+    color = sys.stdout.isatty() if color is None else color
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=color,
+                      color_system="standard" if color else None, highlight=False)
+    document = to_document(before, after)
+    net = document["network"]
+    console.print(f"Comparing {before.started_at or '?'} → {after.started_at or '?'}: "
+                  f"{_summary(document)}")
+    console.print(f"Network: {net['before']['status']} ({net['before']['reason']}) → "
+                  f"{net['after']['status']} ({net['after']['reason']})")
+    grid = Table(show_header=True, header_style="bold", pad_edge=False)
+    for column in ("target", "before", "after", "change", "RTT ms", "throughput bit/s", "loss"):
+        grid.add_column(column, overflow="fold")
+    for row in rows(before, after):
+        ma = metrics_of(row.before) if row.before else Metrics(None, None, None)
+        mb = metrics_of(row.after) if row.after else Metrics(None, None, None)
+        where = "(control)" if row.is_control else f"{row.key[0]} / {row.key[1]}"
+        label = f"{where} {row.name or row.key[2]}"
+        grid.add_row(label, _verdict(row.before), _verdict(row.after),
+                     Text(row.change, style=STYLE[row.change]),
+                     _pair(ma.rtt_ms, mb.rtt_ms, _ms),
+                     _pair(ma.throughput_bps, mb.throughput_bps, _bps),
+                     _pair(ma.loss, mb.loss, _pct))
+    console.print(grid)
+    return out.getvalue()
+
+
+def render(before: Run, after: Run, fmt: str = "table") -> str:
+    """The comparison of two runs as a table or as JSON (`probe.compare/1`)."""
+    if fmt == "json":
+        return json.dumps(to_document(before, after), indent=2, ensure_ascii=False) + "\n"
+    return table(before, after)

@@ -1,0 +1,110 @@
+"""`probe compare`: two runs saved to files in the test, compared target by target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from probe import catalog, classify, compare
+from probe.cli import app
+from probe.observations import Observation, Phase, Sample
+from probe.results import CatalogRef, Run, read_run
+
+CATALOG = """
+version: 1
+controls: [tcp://192.0.2.1:443]
+platforms:
+  whatsapp:
+    name: WhatsApp
+    features:
+      messaging: [tcp://192.0.2.10:5222]
+      calls: [stun://192.0.2.20:3478]
+      media: [https://192.0.2.30/]
+"""
+
+
+def ph(ok: bool = True, ms: float = 10.0, failure: str | None = None, **facts: Any) -> Phase:
+    return Phase(ok=ok, ms=ms, failure=failure, **facts)
+
+
+def world(censored: bool) -> dict[str, Observation]:
+    rate, size = (130e3, 60_000) if censored else (20e6, 1 << 20)
+    took = size * 8 / rate * 1000
+    https = Sample(phases={"tcp": ph(ms=40.0, rtt_ms=40.0), "tls": ph(ms=60.0),
+                           "http": ph(ms=took, bytes=size, transfer_ms=took, throughput=rate,
+                                      status=200)})
+    stun = ph(ok=not censored, ms=50.0, failure="timeout" if censored else None, sent=3,
+              lost=3 if censored else 0, rtt_median_ms=None if censored else 50.0)
+    return {
+        "tcp://192.0.2.1:443": Observation(samples=[Sample(phases={"tcp": ph(rtt_ms=30.0)})]),
+        "tcp://192.0.2.10:5222": Observation(samples=[Sample(phases={"tcp": ph(rtt_ms=45.0)})]),
+        "stun://192.0.2.20:3478": Observation(samples=[Sample(phases={"stun": stun})]),
+        "https://192.0.2.30/": Observation(samples=[https] * 3),
+    }
+
+
+def judged(censored: bool, started: str) -> Run:
+    loaded = catalog.loads(CATALOG)
+    done = [(j, world(censored)[j.target.url]) for j in loaded.jobs()]
+    network, targets, features, platforms = classify.judge_run(
+        done, {}, {"whatsapp": "WhatsApp"})
+    return Run(probe_version="t", started_at=started, finished_at=started,
+               catalog=CatalogRef(path="probes.yaml", sha256=""), network=network,
+               targets=targets, features=features, platforms=platforms)
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(judged(False, "2026-01-01T00:00:00Z").to_json())
+    b.write_text(judged(True, "2026-01-02T00:00:00Z").to_json())
+    return a, b
+
+
+def test_json_transitions_and_deltas(saved: tuple[Path, Path]) -> None:
+    document = json.loads(compare.render(read_run(saved[0]), read_run(saved[1]), "json"))
+    assert document["schema"] == "probe.compare/1"
+    rows = {(t["feature"] or "control"): t for t in document["targets"]}
+    assert rows["calls"]["change"] == "worse"
+    assert (rows["calls"]["before"]["status"], rows["calls"]["after"]["reason"]) == (
+        "ok", "udp.timeout")
+    assert rows["calls"]["before"]["loss"] == 0.0 and rows["calls"]["after"]["loss"] == 1.0
+    assert rows["calls"]["delta"]["loss"] == 1.0
+    media = rows["media"]
+    assert media["change"] == "worse" and media["after"]["reason"] == "http.throttled"
+    assert media["delta"]["throughput_bps"] == pytest.approx(130e3 - 20e6)
+    assert rows["messaging"]["change"] == "same" and rows["control"]["control"] is True
+    assert document["summary"] == {"same": 2, "worse": 2}
+
+
+def test_reverse_is_better(saved: tuple[Path, Path]) -> None:
+    document = json.loads(compare.render(read_run(saved[1]), read_run(saved[0]), "json"))
+    assert {t["change"] for t in document["targets"] if t["feature"] == "calls"} == {"better"}
+
+
+def test_added_and_removed_targets(saved: tuple[Path, Path]) -> None:
+    before, after = read_run(saved[0]), read_run(saved[1])
+    gone = after.targets.pop(0)
+    document = compare.to_document(before, after)
+    changes = {t["url"]: t["change"] for t in document["targets"]}
+    assert changes[gone.url] == "removed"
+    assert compare.to_document(after, before)["summary"].get("added") == 1
+
+
+def test_table(saved: tuple[Path, Path]) -> None:
+    text = compare.render(read_run(saved[0]), read_run(saved[1]), "table")
+    assert "4 targets: 2 worse" in text
+    assert "blocked (udp.timeout)" in text and "worse" in text
+    assert "20.0M → 130k" in text
+    assert "\x1b[" not in text  # plain when not a terminal
+
+
+def test_cli_compare(saved: tuple[Path, Path]) -> None:
+    result = CliRunner().invoke(app, ["compare", str(saved[0]), str(saved[1]), "--format",
+                                      "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"]["worse"] == 2
