@@ -120,18 +120,24 @@ def _median(values: Iterable[float | None]) -> float | None:
 
 
 def _phase_rtt(phase: Any) -> float | None:
-    # a layer may record the RTT itself (`rtt_ms`, one number or one per request); else `ms`
+    # a layer may record the RTT itself: `rtt_ms` (tcp's kernel estimate, or stun's one per
+    # request), or quic's first answer to its Initial; else the phase's own duration
     rtt = phase.get("rtt_ms")
     if isinstance(rtt, list):
         return _median(_number(v) for v in rtt)
-    return _number(rtt) if _number(rtt) is not None else phase.ms
+    for value in (rtt, phase.get("ms_first_packet")):
+        if _number(value) is not None:
+            return _number(value)
+    return _number(phase.ms)
 
 
 def _phase_throughput(phase: Any) -> float | None:
-    rate = _number(phase.get("throughput_bps"))
-    if rate is not None:
-        return rate
-    size, ms = _number(phase.get("bytes")), _number(phase.ms)
+    for key in ("throughput_bps", "throughput"):
+        rate = _number(phase.get(key))
+        if rate is not None:
+            return rate
+    size = _number(phase.get("bytes"))
+    ms = _number(phase.get("transfer_ms")) or _number(phase.ms)
     return size * 8 / (ms / 1000) if size and ms else None
 
 

@@ -100,6 +100,17 @@ def target(*samples: dict[str, Phase]) -> TargetResult:
      (1.0, 80_000.0, None)),
     (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, throughput_bps=5e6)},),
      (1.0, 5e6, None)),
+    # what the http layer records: `throughput` (bit/s), `bytes` over `transfer_ms`
+    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=9.0, throughput=4e6)},),
+     (1.0, 4e6, None)),
+    (({"tcp": Phase(ok=True, ms=1.0),
+       "http": Phase(ok=True, ms=200.0, bytes=1000, transfer_ms=100.0)},), (1.0, 80_000, None)),
+    # a stalled transfer is no throughput
+    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=False, failure="stall", throughput=8.0)},),
+     (1.0, None, None)),
+    # quic: the first answer to the Initial is one round trip; the handshake is more
+    (({"quic": Phase(ok=True, ms=30.0, ms_first_packet=11.0)},), (11.0, None, None)),
+    (({"turn": Phase(ok=True, ms=12.0, error_code=401)},), (12.0, None, None)),
     (({"stun": Phase(ok=True, ms=9.0, sent=10, lost=3, rtt_ms=[1.0, 2.0, 9.0])},),
      (2.0, None, 0.3)),
     (({"stun": Phase(ok=True, ms=9.0, sent=4, received=3)},), (9.0, None, 0.25)),
@@ -336,3 +347,40 @@ platforms:
     table = list(csv.DictReader(io.StringIO(history.to_csv(h.rows))))
     assert [r["status"] for r in table] == ["ok", "blocked"]
     assert [r["reason"] for r in table] == ["ok", "tcp.reset"]
+
+
+def test_real_https_transfer_gives_rtt_and_throughput(tmp_path: Path) -> None:
+    """The facts the real tcp/tls/http layers record are the ones the store reads."""
+    from probe.mock.certs import TestCA
+    from probe.mock.tls import HTTPSServer
+
+    ca = TestCA()
+    ca_file = ca.write_ca(tmp_path / "ca.pem")
+
+    async def go() -> Run:
+        server = HTTPSServer("ok", ca=ca, name="mock.test")
+        await server.start()
+        try:
+            text = f"""
+version: 1
+settings: {{timeout: 2s, attempts: 2, ca_file: {ca_file}}}
+platforms:
+  demo:
+    features:
+      web:
+        - {{url: 'https://mock.test:{server.port}/1mib', address: 127.0.0.1}}
+"""
+            r = Runner(loaded=catalog.loads(text))
+            await r.run()
+            return r.finish()
+        finally:
+            await server.stop()
+
+    run = asyncio.run(go())
+    assert run.targets[0].status == "ok", run.targets[0].detail
+    db = history.connect(tmp_path / "h.sqlite")
+    history.record(db, run)
+    [row] = history.query(db).rows
+    assert row.rtt_ms is not None and 0 <= row.rtt_ms < 100
+    assert row.throughput_bps is not None and row.throughput_bps > 1e6
+    assert row.loss is None
