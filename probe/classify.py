@@ -169,6 +169,9 @@ def describe(layer: str, phase: Phase) -> str:
     """One line of facts about a failed phase, for `detail`."""
     took = f" after {phase.ms:.0f} ms" if phase.ms is not None else ""
     what = phase.error or phase.failure or "failed"
+    size = phase.get("bytes")
+    if phase.failure == F.STALL and size is not None and str(size) not in what:
+        what += f" ({size} bytes arrived before the stall)"
     return f"{layer}: {what}{took}"
 
 
@@ -232,12 +235,27 @@ def target_key(target: TargetResult) -> tuple[str | None, str | None, str]:
     return (target.platform, target.feature, target.url)
 
 
+# The last few baselines' targets by key: a run of 10,000 targets looks each one up once.
+_INDEXES: list[tuple[Run, int, dict[tuple[str | None, str | None, str], TargetResult]]] = []
+
+
+def _index(baseline: Run) -> dict[tuple[str | None, str | None, str], TargetResult]:
+    size = len(baseline.targets) + len(baseline.network.controls)
+    for run, known, index in _INDEXES:
+        if run is baseline and known == size:
+            return index
+    index = {}
+    for t in [*baseline.network.controls, *baseline.targets]:
+        index.setdefault(target_key(t), t)  # controls have no platform: never a target's key
+    _INDEXES[:] = [*_INDEXES[-3:], (baseline, size, index)]
+    return index
+
+
 def find_baseline(baseline: Run | None, subject: Subject) -> TargetResult | None:
     """The same target in the baseline run, if it is there."""
     if baseline is None:
         return None
-    pool = baseline.network.controls if subject.is_control else baseline.targets
-    return next((t for t in pool if target_key(t) == subject.key), None)
+    return _index(baseline).get(subject.key)
 
 
 # --- one target ------------------------------------------------------------------------------
