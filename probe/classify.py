@@ -811,11 +811,11 @@ def combine(statuses: Sequence[tuple[Status, str]], need: str = "all") -> tuple[
     return "degraded", "partial"
 
 
-def _tally(members: Sequence[TargetResult | FeatureResult]) -> str:
-    """'1 of 3 ok; 2 failed: tcp.timeout x2'."""
+def _tally(members: Sequence[TargetResult | FeatureResult], noun: str) -> str:
+    """'1 of 3 targets ok; 2 not: tcp.timeout x2'."""
     ok = sum(1 for m in members if m.status == "ok")
     failed = Counter(m.reason for m in members if m.status != "ok")
-    text = f"{ok} of {len(members)} ok"
+    text = f"{ok} of {len(members)} {noun} ok"
     if failed:
         text += f"; {sum(failed.values())} not: " + ", ".join(
             f"{r} x{n}" if n > 1 else r for r, n in failed.items())
@@ -833,7 +833,7 @@ def judge_features(
     for (platform, feature), members in grouped.items():
         need = needs.get((platform, feature), "all")
         status, reason = combine([(m.status, m.reason) for m in members], need)
-        detail = f"targets: {_tally(members)} (need {need})"
+        detail = f"{_tally(members, 'targets')}; need {need}"
         if need == "any" and status == "ok" and any(m.status != "ok" for m in members):
             detail += ": clients fail over to the working ones"
         out.append(FeatureResult(platform=platform, feature=feature, status=status,
@@ -856,7 +856,7 @@ def judge_platforms(
         status, reason = combine([(m.status, m.reason) for m in members])
         out.append(PlatformResult(
             platform=platform, name=names.get(platform), status=status, reason=reason,
-            detail=f"features: {_tally(members)}",
+            detail=_tally(members, "features"),
             features={m.feature: feature_verdict(m) for m in members},
         ))
     return out

@@ -353,7 +353,7 @@ def test_features_and_platform_line() -> None:
     assert verdicts == {"messaging": ("ok", "ok"), "calls": ("blocked", "udp.timeout"),
                         "media": ("degraded", "http.throttled")}
     messaging = next(f for f in run.features if f.feature == "messaging")
-    assert messaging.need == "any" and "1 of 2 ok" in messaging.detail
+    assert messaging.need == "any" and "1 of 2 targets ok; 1 not: tcp.timeout" in messaging.detail
     [platform] = run.platforms
     assert platform.features == {"messaging": "ok", "calls": "blocked (udp.timeout)",
                                  "media": "degraded (http.throttled)"}
@@ -402,3 +402,11 @@ def test_metrics_of_a_saved_target_survive_json() -> None:
     again = TargetResult.model_validate(json.loads(media.model_dump_json()))
     assert metrics_of(again) == metrics_of(media)
     assert metrics_of(media).throughput_bps == pytest.approx(130e3, rel=0.01)
+
+
+def test_stall_detail_names_the_bytes() -> None:
+    stalled = Sample(phases={"tcp": ph(rtt_ms=40.0), "tls": ph(),
+                             "http": ph(ok=False, failure="stall", bytes=16384)})
+    result = judge(WEB, obs(*[stalled] * 3))
+    assert (result.status, result.reason) == ("blocked", "http.stall")
+    assert "16384 bytes" in result.detail
