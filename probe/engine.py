@@ -10,10 +10,11 @@ observations finished so far have already been handed to `on_done`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from probe.layers import Context, layer_module
+from probe.layers import Context, Measure, layer_module
 from probe.observations import Observation, Phase, Sample
 
 if TYPE_CHECKING:
@@ -21,48 +22,73 @@ if TYPE_CHECKING:
 
 OnStart = Callable[["Job"], None]
 OnDone = Callable[["Job", Observation], None]
+Diagnose = Callable[["Job", Context, Observation], Awaitable[dict[str, Phase]]]
 
 
-def sample_budget(job: Job) -> float:
+@dataclass(frozen=True)
+class _Layer:
+    """What the engine needs of a layer module, looked up once per scheme and run."""
+
+    measure: Measure
+    budget: Callable[[Job], float] | None
+    diagnose: Diagnose | None
+    rounds_once: bool  # the layer sends `attempts` requests in one exchange (stun)
+
+
+_LAYERS: dict[str, _Layer | None] = {}
+
+
+def _layer(scheme: str) -> _Layer | None:
+    # A dict lookup per job instead of importlib's per call: it showed in profiles of big runs.
+    if scheme not in _LAYERS:
+        module = layer_module(scheme)
+        _LAYERS[scheme] = None if module is None else _Layer(
+            measure=module.measure,
+            budget=getattr(module, "budget", None),
+            diagnose=getattr(module, "diagnose", None),
+            rounds_once=getattr(module, "MEASURES_ATTEMPTS", False),
+        )
+    return _LAYERS[scheme]
+
+
+def sample_budget(job: Job, layer: _Layer | None = None) -> float:
     """The most one sample may take before the engine gives up on it (a safety net only).
 
     Layers bound each operation by `job.timeout` themselves; a sample runs at most a handful of
     operations (dns, connect, handshake, request, a diagnosis step), plus a sustained exchange.
     """
-    module = layer_module(job.endpoint.scheme)
-    budget = getattr(module, "budget", None)
-    if budget is not None:
-        return float(budget(job))
+    layer = layer or _layer(job.endpoint.scheme)
+    if layer is not None and layer.budget is not None:
+        return float(layer.budget(job))
     return job.timeout * 6 + 1.0
 
 
 async def measure(job: Job, ctx: Context) -> Observation:
     """All samples of one job, one after another (never in parallel: a censor's residual
     state from one attempt must not be blamed on, or hidden by, a simultaneous one)."""
-    module = layer_module(job.endpoint.scheme)
+    scheme = job.endpoint.scheme
+    layer = _layer(scheme)
     observation = Observation()
-    if module is None:
-        layer = job.endpoint.scheme
-        phase = Phase(ok=False, failure="not_implemented", error=f"the {layer} layer is not built")
-        observation.samples.append(Sample(phases={layer: phase}))
+    if layer is None:
+        phase = Phase(ok=False, failure="not_implemented", error=f"the {scheme} layer is not built")
+        observation.samples.append(Sample(phases={scheme: phase}))
         return observation
     # A layer that sends `attempts` requests in one exchange (stun) is called once.
-    rounds = 1 if getattr(module, "MEASURES_ATTEMPTS", False) else job.attempts
-    budget = sample_budget(job)
+    rounds = 1 if layer.rounds_once else job.attempts
+    budget = sample_budget(job, layer)
     for _ in range(rounds):
         try:
             async with asyncio.timeout(budget):
-                sample = await module.measure(job, ctx)
+                sample = await layer.measure(job, ctx)
         except TimeoutError:
             sample = Sample(phases={"deadline": Phase(
                 ok=False, ms=budget * 1000, failure="timeout",
                 error=f"no result within the {budget:.1f} s deadline")})
         observation.samples.append(sample)
-    diagnose = getattr(module, "diagnose", None)
-    if diagnose is not None and not any(s.ok for s in observation.samples):
+    if layer.diagnose is not None and not any(s.ok for s in observation.samples):
         try:
             async with asyncio.timeout(budget):
-                observation.diagnosis.update(await diagnose(job, ctx, observation))
+                observation.diagnosis.update(await layer.diagnose(job, ctx, observation))
         except TimeoutError:
             observation.diagnosis["deadline"] = Phase(ok=False, failure="timeout")
     return observation

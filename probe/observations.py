@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Phase(BaseModel):
@@ -33,7 +33,9 @@ class Phase(BaseModel):
 class Sample(BaseModel):
     """One attempt at a target: its phases in the order they ran."""
 
-    phases: dict[str, Phase] = {}
+    # default_factory, not `= {}`: pydantic deep-copies a mutable default on every model,
+    # which showed in profiles of big runs (one Sample per attempt, one Observation per target).
+    phases: dict[str, Phase] = Field(default_factory=dict)
 
     def add(self, layer: str, phase: Phase) -> Phase:
         self.phases[layer] = phase
@@ -55,6 +57,6 @@ class Sample(BaseModel):
 class Observation(BaseModel):
     """Everything measured for one target: its samples and any diagnosis steps."""
 
-    samples: list[Sample] = []
-    diagnosis: dict[str, Phase] = {}
+    samples: list[Sample] = Field(default_factory=list)
+    diagnosis: dict[str, Phase] = Field(default_factory=dict)
     interrupted: bool = False
