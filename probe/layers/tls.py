@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import socket
 import ssl
@@ -155,8 +156,13 @@ def control_sni(ctx: Context) -> str:
 
 def certificate_facts(der: bytes | None) -> dict[str, Any]:
     """Subject, issuer and SPKI SHA-256 of the leaf certificate (DER), for the phase."""
-    if not der:
-        return {}
+    return dict(_certificate_facts(der)) if der else {}
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate_facts(der: bytes) -> tuple[tuple[str, str], ...]:
+    # Parsing the certificate cost 6 % of a handshake's CPU; a run meets the same few
+    # certificates again and again (one per service, many targets each).
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -164,11 +170,11 @@ def certificate_facts(der: bytes | None) -> dict[str, Any]:
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "spki_sha256": hashlib.sha256(spki).hexdigest(),
-    }
+    return (
+        ("subject", cert.subject.rfc4514_string()),
+        ("issuer", cert.issuer.rfc4514_string()),
+        ("spki_sha256", hashlib.sha256(spki).hexdigest()),
+    )
 
 
 def _record_type(first_byte: int | None) -> str | None:
