@@ -7,8 +7,8 @@ file already holds a line per finished target, each flushed as it came), and the
 The event loop is asyncio's own unless PROBE_LOOP=uvloop and uvloop is installed (`pip install
 probe[fast]`). uvloop does not pay as the layers are built: they drive sockets through
 loop.sock_connect/sock_recv, which uvloop runs no faster, so bench/run.py measures the probe on
-uvloop at 0.84x (tcp), 0.94x (tls), 0.95x (quic), 1.2x (https), 1.3x (stun) of its speed on
-asyncio's loop. Layers moved to transports and protocols would change that.
+uvloop at 0.7x to 1.3x of its speed on asyncio's loop depending on layer and run (raw clients on
+transports gain 1.3x to 2.7x). Layers moved to transports and protocols would change that.
 """
 
 from __future__ import annotations
