@@ -19,7 +19,6 @@ from typing import Any
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import HandshakeCompleted
-
 from servers import NAME
 
 _STUN_COOKIE = 0x2112A442  # RFC 8489 section 5

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import os
 import resource
 import statistics
@@ -36,8 +35,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-import raw  # noqa: E402  (bench/ is not a package)
-from servers import NAME, Server  # noqa: E402
+import raw
+from servers import NAME, Server
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -109,11 +108,11 @@ class Layer:
 
 LAYERS = {
     "tcp": Layer(2000, 32, "tcp://127.0.0.1:{port}"),
-    "tls": Layer(800, 32, "{{url: 'tls://%s:{port}', address: 127.0.0.1}}" % NAME, tls=True),
-    "https": Layer(500, 32, "{{url: 'https://%s:{port}/', address: 127.0.0.1}}" % NAME,
+    "tls": Layer(800, 32, "{{url: 'tls://" + NAME + ":{port}', address: 127.0.0.1}}", tls=True),
+    "https": Layer(500, 32, "{{url: 'https://" + NAME + ":{port}/', address: 127.0.0.1}}",
                    tls=True),
     "stun": Layer(3000, 32, "stun://127.0.0.1:{port}"),
-    "quic": Layer(200, 16, "{{url: 'quic://%s:{port}', address: 127.0.0.1}}" % NAME, tls=True),
+    "quic": Layer(200, 16, "{{url: 'quic://" + NAME + ":{port}', address: 127.0.0.1}}", tls=True),
 }
 
 
@@ -145,8 +144,8 @@ def bench_layer(kind: str, loops: list[str]) -> str:
                 return client(server.port, server.ca_file, n, spec.concurrency)
 
             warm = min(50, spec.n)  # imports, first trust-store loads: once per process
-            timed(loop, lambda: engine_run(jobs[:warm], loaded.settings, spec.concurrency))
-            timed(loop, lambda: raw_side(warm))
+            timed(loop, lambda w=warm: engine_run(jobs[:w], loaded.settings, spec.concurrency))
+            timed(loop, lambda w=warm: raw_side(w))
             runs: dict[str, list[tuple[float, float]]] = {"probe": [], "raw": []}
             for r in range(ROUNDS):
                 sides = [("probe", probe_side), ("raw", raw_side)]
@@ -183,12 +182,12 @@ def bench_stun_train(loops: list[str]) -> str:
                 loop = loop_factory(loop_name)
                 answered: dict[str, list[int]] = {"probe": [], "raw": []}
 
-                async def probe_side() -> None:
+                async def probe_side(got: list[int] = answered["probe"]) -> None:
                     sample = await stun_layer.measure(job, Context(settings=loaded.settings))
-                    answered["probe"].append(int(sample.phases["stun"].get("answered")))
+                    got.append(int(sample.phases["stun"].get("answered")))
 
-                async def raw_side() -> None:
-                    answered["raw"].append(await raw.stun_train(server.port, n))
+                async def raw_side(got: list[int] = answered["raw"]) -> None:
+                    got.append(await raw.stun_train(server.port, n))
 
                 runs: dict[str, list[tuple[float, float]]] = {"probe": [], "raw": []}
                 for r in range(ROUNDS):
@@ -254,8 +253,8 @@ def bench_silent() -> str:
         walls: dict[tuple[str, int], list[float]] = {}
         for _ in range(ROUNDS):
             for n in (1, 1000):
-                walls.setdefault(("probe", n), []).append(timed(loop, lambda: whole_run(n))[0])
-                walls.setdefault(("raw", n), []).append(timed(loop, lambda: raw_run(n))[0])
+                walls.setdefault(("probe", n), []).append(timed(loop, lambda k=n: whole_run(k))[0])
+                walls.setdefault(("raw", n), []).append(timed(loop, lambda k=n: raw_run(k))[0])
     m = {k: statistics.median(v) for k, v in walls.items()}
     ratio = m["probe", 1000] / m["probe", 1]
     goal("1,000 silent targets vs one", f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2)
@@ -379,7 +378,7 @@ def main(argv: list[str]) -> None:
     unknown = [a for a in argv if a not in SECTIONS]
     if unknown:
         sys.exit(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 sockets in flight
     started = time.perf_counter()
     print(f"probe benchmark: {ROUNDS} rounds (medians), loops {'/'.join(loops)}, loopback, "

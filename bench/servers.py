@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import Any, Self
 
 NAME = "bench.test"  # the certificate name; clients connect to 127.0.0.1 with this SNI
 KINDS = ("tcp", "tls", "https", "stun", "quic", "silent")
@@ -121,7 +121,7 @@ class Server:
                     raise RuntimeError(f"the {kind} server did not start") from None
         self.ca_file = str(Path(self._folder.name) / "ca.pem")
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
