@@ -46,7 +46,12 @@ def test_connect_timeout_tries_the_names_other_addresses(run: Any,
         try:
             loaded = make_catalog(f"tcp://chat.test:{silent.port}", timeout="0.5s", attempts=1,
                                   resolver=f"127.0.0.1:{dns.port}")
-            return await measure_first(loaded)
+            # The resolver rotates its answers: measure until a sample drew the silent one.
+            for _ in range(4):
+                observation = await measure_first(loaded)
+                if not observation.samples[0].ok:
+                    return observation
+            return observation
         finally:
             for server in (dns, working, silent):
                 await server.stop()
