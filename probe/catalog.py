@@ -144,8 +144,8 @@ class Endpoint:
     path: str
     query: dict[str, str]
 
-    @property
-    def is_ip(self) -> bool:
+    @functools.cached_property
+    def is_ip(self) -> bool:  # cached: asked several times per sample, on the hot path
         return is_ip_literal(self.host)
 
 
@@ -456,8 +456,8 @@ class Job:
     ca_files: tuple[str, ...]
     domestic: bool = False
 
-    @property
-    def endpoint(self) -> Endpoint:
+    @functools.cached_property
+    def endpoint(self) -> Endpoint:  # cached: a pydantic private attribute is slow to reach
         return self.target.endpoint
 
     @property
