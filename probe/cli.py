@@ -497,7 +497,11 @@ def serve_command(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C before a run installed its own handler: nothing to keep
+        sys.stderr.write("probe: interrupted\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

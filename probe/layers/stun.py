@@ -14,7 +14,8 @@ for sustained exchanges when answers stopped. The classifier judges loss against
 baselines; this layer only calls a cut-off a cut-off (answers, then silence to the end).
 
 Privacy: the mapped address in an answer is the user's public address. It is compared with the
-socket's local address (`nat`: whether they differ) and dropped; neither address is recorded.
+socket's local address (`nat`: whether they differ) and dropped; neither address is recorded,
+unless the user passes `--include-ip` (then `mapped_address` keeps the public one).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class _Exchange(asyncio.DatagramProtocol):
         self.errors: list[OSError] = []
         self.mapped_address_returned = False
         self.nat: bool | None = None
+        self.mapped: str | None = None
         self.done = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,6 +139,7 @@ class _Exchange(asyncio.DatagramProtocol):
         if mapped is None:
             return
         self.mapped_address_returned = True
+        self.mapped = f"{mapped.address}:{mapped.port}"  # kept only with --include-ip
         if self.nat is None and self.transport is not None:
             local = self.transport.get_extra_info("sockname")
             local_ip = ipaddress.ip_address(str(local[0]).split("%")[0])
@@ -159,7 +162,8 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-async def exchange(address: str, port: int, count: int, spacing: float, timeout: float) -> Phase:
+async def exchange(address: str, port: int, count: int, spacing: float, timeout: float,
+                   include_ip: bool = False) -> Phase:
     """Send `count` Binding requests `spacing` apart and record what came back."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -188,11 +192,13 @@ async def exchange(address: str, port: int, count: int, spacing: float, timeout:
             pass
     finally:
         transport.close()
-    return _phase(protocol, port, spacing, timeout, time.perf_counter() - start, first)
+    return _phase(protocol, port, spacing, timeout, time.perf_counter() - start, first,
+                  include_ip)
 
 
 def _phase(
-    protocol: _Exchange, port: int, spacing: float, timeout: float, took: float, first: float
+    protocol: _Exchange, port: int, spacing: float, timeout: float, took: float, first: float,
+    include_ip: bool = False,
 ) -> Phase:
     sent = len(protocol.sent_at)
     answered = protocol.answered
@@ -216,6 +222,8 @@ def _phase(
         "spacing_ms": _ms(spacing),
         "elapsed_ms": _ms(took),
         "mapped_address_returned": protocol.mapped_address_returned,
+        # The user's public address: recorded only when they asked for it (--include-ip).
+        **({"mapped_address": protocol.mapped} if include_ip else {}),
         "nat": protocol.nat,
     }
     if protocol.error_codes:
@@ -249,5 +257,6 @@ async def measure(job: Job, ctx: Context) -> Sample:
     port = job.endpoint.port
     assert port is not None, "the catalog gives stun:// a default port"
     count, spacing = schedule(job)
-    sample.add("stun", await exchange(address, port, count, spacing, job.timeout))
+    sample.add("stun", await exchange(address, port, count, spacing, job.timeout,
+                                        ctx.include_ip))
     return sample

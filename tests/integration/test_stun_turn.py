@@ -376,3 +376,28 @@ def test_mock_survives_garbage_and_switches_behaviour(run: Run_, make_catalog: M
 
     first, second = run(scenario())
     assert (first.reason, second.reason) == ("udp.timeout", "ok")
+
+
+def test_include_ip_keeps_the_mapped_address_only_when_asked(run: Any) -> None:
+    from probe import catalog, engine
+    from probe.layers import Context
+    from probe.mock.stun import StunServer
+
+    async def scenario(include_ip: bool) -> Any:
+        server = StunServer("ok", host="127.0.0.2")
+        await server.start()
+        try:
+            loaded = catalog.loads(
+                '{"version": 1, "settings": {"timeout": "1s", "attempts": 2}, "platforms": {"t": '
+                f'{{"features": {{"f": ["stun://127.0.0.2:{server.port}"]}}}}}}}}')
+            ctx = Context(settings=loaded.settings, include_ip=include_ip)
+            try:
+                return await engine.measure(next(loaded.jobs()), ctx)
+            finally:
+                await ctx.aclose()
+        finally:
+            await server.stop()
+
+    assert "mapped_address" not in run(scenario(False)).samples[0].phases["stun"].model_extra
+    kept = run(scenario(True)).samples[0].phases["stun"].get("mapped_address")
+    assert kept is not None and kept.startswith("127.0.0.1:")
