@@ -10,7 +10,7 @@ client would mix targets that share an address and skip the tcp and tls phases.
 Timing (CENSORSHIP.md, "https / throttling"): the response must start within `job.timeout` of
 the request. Then the transfer is read for a bounded window (WINDOW_FACTOR x timeout after the
 handshake, a deadline, not an idle timer) or up to BYTE_CAP. When the window closes, bytes then
-silence for at least `job.timeout` is a `stall`, with the bytes received before it; anything
+silence for at least STALL_FACTOR x `job.timeout` is a `stall`, with the bytes received before it; anything
 still moving is ok: a slow transfer is throttling, judged from its throughput, never a timeout.
 Gaps are judged only at the window's end because a policer's drops can hold TCP silent for
 longer than a timeout (retransmission back-off) on a transfer that then moves on. Redirects are not followed; the Location host is kept (captive-portal evidence).
@@ -41,6 +41,9 @@ __all__ = ["BYTE_CAP", "WINDOW_FACTOR", "budget", "diagnose", "measure"]
 
 BYTE_CAP = 16 * 1024 * 1024  # stop reading a body here: enough to measure any throughput
 WINDOW_FACTOR = 3  # the transfer window, in timeouts, from the end of the handshake
+# Silence at the window's end that makes a stall, in timeouts: more than one, because a
+# policer's drops back TCP's retransmission timer off past a timeout (lab: 2.3 s at 2 s).
+STALL_FACTOR = 1.5
 ALPN = ("h2", "http/1.1")
 
 
@@ -215,7 +218,7 @@ async def _get(job: Job, client: httpx.AsyncClient, request: httpx.Request, back
                 TIMEOUT, f"no response within {job.timeout:g} s of the request"))
             return
         silent_for = time.perf_counter() - (backend.wire.last_raw_at if backend.wire else 0)
-        if backend.response_bytes and silent_for >= job.timeout:
+        if backend.response_bytes and silent_for >= STALL_FACTOR * job.timeout:
             _fail(sample, backend, facts, body, Failed(
                 STALL, f"transfer stalled: {body} body bytes, then nothing for "
                 f"{silent_for:.1f} s"))
