@@ -17,10 +17,9 @@ import io
 import json
 import os
 import sqlite3
-import statistics
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ProbeError
+from probe.metrics import metrics_of
 from probe.results import Run, TargetResult
 
 SCHEMA_VERSION = 1
@@ -100,81 +100,7 @@ def default_db_path() -> Path:
     return root / "probe" / "history.sqlite"
 
 
-# --- what a target measured ----------------------------------------------------------------
-
-# Which phase stands for the round trip, best first: a TCP connect is one RTT; a QUIC handshake
-# about one; a STUN exchange one per request; a DNS answer only says how far the resolver is.
-RTT_LAYERS = ("tcp", "quic", "stun", "turn", "dns")
-LOSS_LAYERS = ("stun", "turn")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _median(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _phase_rtt(phase: Any) -> float | None:
-    # a layer may record the RTT itself: `rtt_ms` (tcp's kernel estimate, or stun's one per
-    # request), or quic's first answer to its Initial; else the phase's own duration
-    rtt = phase.get("rtt_ms")
-    if isinstance(rtt, list):
-        return _median(_number(v) for v in rtt)
-    for value in (rtt, phase.get("ms_first_packet")):
-        if _number(value) is not None:
-            return _number(value)
-    return _number(phase.ms)
-
-
-def _phase_throughput(phase: Any) -> float | None:
-    for key in ("throughput_bps", "throughput"):
-        rate = _number(phase.get(key))
-        if rate is not None:
-            return rate
-    size = _number(phase.get("bytes"))
-    ms = _number(phase.get("transfer_ms")) or _number(phase.ms)
-    return size * 8 / (ms / 1000) if size and ms else None
-
-
-def metrics_of(target: TargetResult) -> tuple[float | None, float | None, float | None]:
-    """(RTT median ms, throughput median bit/s, loss fraction) from a target's samples.
-
-    Only working phases count towards RTT and throughput (a timeout's duration is not a round
-    trip). Loss is lost/sent summed over the STUN/TURN exchanges. Any fact missing gives None.
-    """
-    rtts: list[float | None] = []
-    rates: list[float | None] = []
-    lost = sent = 0.0
-    for sample in target.observation.samples:
-        phases = sample.phases
-        layer = next((name for name in RTT_LAYERS if name in phases and phases[name].ok), None)
-        if layer is not None:
-            rtts.append(_phase_rtt(phases[layer]))
-        http = phases.get("http")
-        if http is not None and http.ok:
-            rates.append(_phase_throughput(http))
-        for name in LOSS_LAYERS:
-            phase = phases.get(name)
-            s = _number(phase.get("sent")) if phase is not None else None
-            if phase is None or not s:
-                continue
-            lo = _number(phase.get("lost"))
-            if lo is None:
-                received = _number(phase.get("received"))
-                if received is None:
-                    continue
-                lo = s - received
-            sent += s
-            lost += lo
-    loss = round(lost / sent, 4) if sent else None
-    rtt, rate = _median(rtts), _median(rates)
-    # rounded to what the clocks can tell (µs, bit/s): CSV cells stay readable
-    return (None if rtt is None else round(rtt, 3)), (None if rate is None else round(rate)), loss
+# --- what a target measured: probe.metrics, shared with the classifier and reports --------
 
 
 # --- opening -------------------------------------------------------------------------------
