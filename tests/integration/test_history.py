@@ -98,7 +98,7 @@ def target(*samples: dict[str, Phase]) -> TargetResult:
     (({"dns": Phase(ok=True, ms=7.0), "tcp": Phase(ok=True, ms=3.0)},), (3.0, None, None)),
     (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=100.0, bytes=1000)},),
      (1.0, 80_000.0, None)),
-    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, throughput_bps=5e6, bytes=1000)},),
+    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=1.6, throughput_bps=5e6, bytes=1000)},),
      (1.0, 5e6, None)),
     # what the http layer records: `throughput` (bit/s), `bytes` over `transfer_ms`
     (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=9.0, throughput=4e6, bytes=4500)},),
