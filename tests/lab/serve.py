@@ -17,16 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# kind -> (module, class), as the mock modules spell them.
-SERVERS: dict[str, tuple[str, str]] = {
-    "tcp": ("probe.mock.tcp", "TCPServer"),
-    "tls": ("probe.mock.tls", "TLSServer"),
-    "https": ("probe.mock.tls", "HTTPSServer"),
-    "quic": ("probe.mock.quic", "QuicServer"),
-    "stun": ("probe.mock.stun", "StunServer"),
-    "dns": ("probe.mock.dns", "DnsServer"),
-    "doh": ("probe.mock.dns", "DohServer"),
-}
+from probe.mock.world import SERVERS  # kind -> (module, class): one table for all
 
 
 def _say(message: dict[str, Any]) -> None:
