@@ -47,6 +47,8 @@ WORLD: list[tuple[Endpoint, str | None]] = [
     (_e("https", "www.voxa.test", "voxa", "web"), "forbidden"),
     (_e("tls", "app.voxa.test", "voxa", "messaging"), None),
     (_e("quic", "app.voxa.test", "voxa", "calls"), "silent"),
+    # ...and a server that is down in the baseline too: down, not blocked (inconclusive).
+    (_e("tcp", "media.voxa.test", "voxa", "media", behaviour="refuse"), None),
 ]
 LYING_RESOLVER = {"www.signum.test": ["127.0.0.66"]}  # nothing listens there
 
