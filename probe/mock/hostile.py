@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from probe.mock.certs import Leaf, TestCA
-from probe.mock.tls import ServerTLS, _end_handlers, read_record, server_context
+from probe.mock.tls import ServerTLS, TrackedServer, _end_handlers, read_record, server_context
 
 _PADDING_OID = ObjectIdentifier("1.3.6.1.4.1.55555.1")  # a private arc: nobody understands it
 _BODY_CHUNK = 16384  # one TLS record of zeros
@@ -67,7 +67,7 @@ def junk_chain(count: int, padding: int) -> bytes:
     return b"".join(pems)
 
 
-class HostileServer:
+class HostileServer(TrackedServer):
     """A TLS/HTTPS server that attacks its clients; see the module docstring."""
 
     BEHAVIOURS: tuple[str, ...] = (
@@ -97,9 +97,7 @@ class HostileServer:
         self.bytes_sent = 0  # body bytes of endless_body, all connections
         self._leaf: Leaf | None = None
         self._contexts: dict[str, Any] = {}
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._track_init()
 
     def _context(self, kind: str) -> Any:
         context = self._contexts.get(kind)
@@ -116,56 +114,26 @@ class HostileServer:
         self._context("ok")
         if self.behaviour == "huge_chain":  # built up front: it takes a moment
             self._context("huge_chain")
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await super().start()
 
-    async def stop(self) -> None:
-        if self._server is None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self.clients.append((peer[0], peer[1]))
+        behaviour = self.behaviour
+        hello = await read_record(reader)
+        kind = "huge_chain" if behaviour == "huge_chain" else "ok"
+        tls = ServerTLS(reader, writer, self._context(kind), hello)
+        if behaviour == "slowloris":
+            await self._trickle_handshake(tls)
             return
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await _end_handlers(self._tasks)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            peer = writer.get_extra_info("peername")
-            self.clients.append((peer[0], peer[1]))
-            behaviour = self.behaviour
-            hello = await read_record(reader)
-            kind = "huge_chain" if behaviour == "huge_chain" else "ok"
-            tls = ServerTLS(reader, writer, self._context(kind), hello)
-            if behaviour == "slowloris":
-                await self._trickle_handshake(tls)
+        await tls.handshake()
+        request = b""
+        while b"\r\n\r\n" not in request:
+            data = await tls.recv()
+            if not data or len(request) > 65536:
                 return
-            await tls.handshake()
-            request = b""
-            while b"\r\n\r\n" not in request:
-                data = await tls.recv()
-                if not data or len(request) > 65536:
-                    return
-                request += data
-            await self._respond(tls, behaviour, peer)  # then close: "connection: close"
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - whatever the client
-            pass  # does (RST mid-body, garbage), the server survives; stop() cancels handlers
-        finally:
-            self._writers.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
+            request += data
+        await self._respond(tls, behaviour, peer)  # then close: "connection: close"
 
     async def _trickle_handshake(self, tls: ServerTLS) -> None:
         """The server's first flight, produced by a real TLS engine, a byte at a time."""

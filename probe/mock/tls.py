@@ -149,7 +149,62 @@ async def _drain_until_closed(reader: asyncio.StreamReader) -> None:
         pass
 
 
-class TLSServer:
+class TrackedServer:
+    """A TCP server that tracks its connections, so stop() ends every one of them.
+
+    Subclasses set host and port and write `_handle(reader, writer)`; whatever a client does,
+    an exception in a handler ends only that connection.
+    """
+
+    host: str
+    port: int
+
+    def _track_init(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await _end_handlers(self._tasks)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._handle(reader, writer)
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - a hostile
+            pass  # client must not take the server down; a handler cancelled by stop() just ends
+        finally:
+            self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class TLSServer(TrackedServer):
     """A TLS server on a real socket; see the module docstring for the behaviours."""
 
     BEHAVIOURS: tuple[str, ...] = (
@@ -181,9 +236,7 @@ class TLSServer:
         self.ca = ca or TestCA()
         self.options = options
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
+        self._track_init()
         self.hellos: list[str | None] = []  # the SNI of every ClientHello, in order (for tests)
 
     @property
@@ -204,58 +257,25 @@ class TLSServer:
             self._contexts[kind] = context
         return context
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await _end_handlers(self._tasks)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            hello = await read_record(reader)
-            sni = parse_sni(hello)
-            self.hellos.append(sni)
-            behaviour = self.sni_behaviours.get(sni or "", self.behaviour)
-            if behaviour == "reset_after_hello":
-                _rst(writer)
-            elif behaviour == "silent_after_hello":
-                await _drain_until_closed(reader)
-            elif behaviour == "close_after_hello":
-                writer.close()
-            elif behaviour == "alert":
-                writer.write(_ALERT_HANDSHAKE_FAILURE)
-                await writer.drain()
-            else:
-                kind = behaviour if behaviour in ("untrusted", "wrong_name") else "ok"
-                tls = ServerTLS(reader, writer, self._context(kind), hello)
-                await tls.handshake()
-                await self.serve(tls, behaviour)
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - a hostile
-            pass  # client must not take the server down; a handler cancelled by stop() just ends
-        finally:
-            self._writers.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello = await read_record(reader)
+        sni = parse_sni(hello)
+        self.hellos.append(sni)
+        behaviour = self.sni_behaviours.get(sni or "", self.behaviour)
+        if behaviour == "reset_after_hello":
+            _rst(writer)
+        elif behaviour == "silent_after_hello":
+            await _drain_until_closed(reader)
+        elif behaviour == "close_after_hello":
             writer.close()
+        elif behaviour == "alert":
+            writer.write(_ALERT_HANDSHAKE_FAILURE)
+            await writer.drain()
+        else:
+            kind = behaviour if behaviour in ("untrusted", "wrong_name") else "ok"
+            tls = ServerTLS(reader, writer, self._context(kind), hello)
+            await tls.handshake()
+            await self.serve(tls, behaviour)
 
     async def serve(self, tls: ServerTLS, behaviour: str) -> None:
         """After a good handshake: hold the connection until the client closes."""
