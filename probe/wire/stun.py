@@ -66,6 +66,8 @@ MAX_TEXT_BYTES = 763  # RFC 8489 sections 14.8-14.10: REALM, NONCE, SOFTWARE, re
 _HEADER = struct.Struct("!HHI12s")
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
+_ADDRESS_HEADER = struct.Struct("!BBH")  # reserved, family, port
+_ADDRESS_FAMILIES = {0x01: ipaddress.IPv4Address, 0x02: ipaddress.IPv6Address}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _A = TypeVar("_A")
@@ -298,15 +300,21 @@ def _message_type(method: int, cls: int) -> int:
     )
 
 
+_CLASSES = tuple(Class)  # by value: indexing is cheaper than the enum's own lookup
+
+
 def _split_message_type(message_type: int) -> tuple[int, Class]:
     method = ((message_type >> 2) & 0xF80) | ((message_type >> 1) & 0x070) | (message_type & 0xF)
     cls = ((message_type >> 7) & 0b10) | ((message_type >> 4) & 0b01)
-    return method, Class(cls)
+    return method, _CLASSES[cls]
 
 
-def _xor_bytes(transaction_id: bytes, length: int) -> bytes:
+def _xor_address(packed: bytes, transaction_id: bytes) -> bytes:
     # RFC 8489 section 14.2: IPv4 is xor'ed with the cookie, IPv6 with cookie + transaction id.
-    return (_COOKIE_BYTES + transaction_id)[:length]
+    # One integer xor, not a byte loop: this runs for every answer the stun layer receives.
+    size = len(packed)
+    mask = int.from_bytes((_COOKIE_BYTES + transaction_id)[:size], "big")
+    return (int.from_bytes(packed, "big") ^ mask).to_bytes(size, "big")
 
 
 def _encode_address(attribute: MappedAddress | XorMappedAddress, transaction_id: bytes) -> bytes:
@@ -317,7 +325,7 @@ def _encode_address(attribute: MappedAddress | XorMappedAddress, transaction_id:
     port = attribute.port
     if isinstance(attribute, XorMappedAddress):
         port ^= MAGIC_COOKIE >> 16
-        packed = bytes(a ^ b for a, b in zip(packed, _xor_bytes(transaction_id, len(packed))))
+        packed = _xor_address(packed, transaction_id)
     return struct.pack("!BBH", 0, family, port) + packed
 
 
@@ -406,17 +414,18 @@ def _decode_address(
 ) -> MappedAddress | XorMappedAddress:
     if len(value) < 4:
         raise StunCodecError(f"{kind.__name__} shorter than 4 bytes")
-    _, family, port = struct.unpack_from("!BBH", value)
-    sizes = {0x01: 4, 0x02: 16}
-    if family not in sizes:
+    _, family, port = _ADDRESS_HEADER.unpack_from(value)
+    address_type = _ADDRESS_FAMILIES.get(family)
+    if address_type is None:
         raise StunCodecError(f"{kind.__name__}: unknown address family {family:#x}")
     packed = value[4:]
-    if len(packed) != sizes[family]:
+    size = 4 if family == 0x01 else 16
+    if len(packed) != size:
         raise StunCodecError(f"{kind.__name__}: {len(packed)} address bytes for family {family}")
     if kind is XorMappedAddress:
         port ^= MAGIC_COOKIE >> 16
-        packed = bytes(a ^ b for a, b in zip(packed, _xor_bytes(transaction_id, len(packed))))
-    return kind(ipaddress.ip_address(packed), port)
+        packed = _xor_address(packed, transaction_id)
+    return kind(address_type(packed), port)
 
 
 def _decode_text(value: bytes, what: str) -> str:
@@ -458,6 +467,7 @@ def decode_message(data: bytes) -> Message:
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise StunCodecError(f"{len(data)} bytes: longer than any STUN message")
+    data = bytes(data)  # a memoryview or bytearray from a socket: slices below are then bytes
     size = message_length(data)
     if size != len(data):
         raise StunCodecError(f"header says {size} bytes, got {len(data)}")
@@ -474,7 +484,7 @@ def decode_message(data: bytes) -> Message:
         padded_end = start + length + (-length % 4)
         if padded_end > size:
             raise StunCodecError(f"attribute {code:#06x} of {length} bytes overruns the message")
-        value = bytes(data[start:end])
+        value = data[start:end]
         if code == _FINGERPRINT_TYPE:
             if padded_end != size:
                 raise StunCodecError("FINGERPRINT is not the last attribute")
@@ -487,4 +497,4 @@ def decode_message(data: bytes) -> Message:
         else:
             attributes.append(_decode_value(code, value, transaction_id))
         offset = padded_end
-    return Message(method, cls, bytes(transaction_id), tuple(attributes))
+    return Message(method, cls, transaction_id, tuple(attributes))
