@@ -93,11 +93,16 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
         return EOF_, str(exc) or "connection closed"
     if isinstance(exc, OSError) and exc.errno is None and "EOF" in type(exc).__name__:
         return EOF_, str(exc)
-    if type(exc).__name__ == "RemoteProtocolError":  # httpx/httpcore, not imported here
-        # h11 words a hang-up "peer closed connection without sending complete message body",
-        # h2/httpcore "Server disconnected"; anything else is a response we could not parse.
+    if type(exc).__name__ == "RemoteProtocolError":  # h11's and httpx's, not imported here
+        # h11 words a hang-up "peer closed connection without sending complete message body"
+        # or "peer unexpectedly closed connection", httpcore "Server disconnected"; anything
+        # else is a response we could not parse (garbage, "Receive buffer too long").
         text = str(exc).lower()
         return (EOF_ if "closed" in text or "disconnected" in text else PROTOCOL_ERROR), str(exc)
+    if type(exc).__module__.startswith("h2.") and any(
+            c.__name__ == "ProtocolError" for c in type(exc).__mro__):
+        # h2 (HTTP/2 frames): the server sent what HTTP/2 forbids, or garbage
+        return PROTOCOL_ERROR, str(exc) or type(exc).__name__
     # A library's wrapper (httpx.ConnectError around an OSError) says what its cause says.
     cause = exc.__cause__ or exc.__context__
     if cause is not None and cause is not exc:

@@ -1,43 +1,58 @@
 """The https layer: one GET over the tls layer, recording status, bytes, timings and throughput.
 
-Strategy: httpx (HTTP/1.1 and HTTP/2) runs on a network backend of our own, so its TCP connect
-and TLS handshake are the tcp and tls layers' steps, recorded as phases of the sample, and the
-body arrives through `tls.Wire`, which sees raw bytes on the wire. A client is made per sample,
-on the run's cached SSL context: httpx pools connections by origin (address:port), not by SNI,
-and an HTTP/2 connection still being set up takes other requests to that origin, so a shared
-client would mix targets that share an address and skip the tcp and tls phases.
+Strategy: the tls layer opens the connection (dns, the SNI control, tcp, the handshake, each a
+phase of the sample) and hands over its `tls.Wire`, which sees raw bytes on the wire; HTTP runs
+over it with the sans-I/O state machines h11 (HTTP/1.1) or h2 (HTTP/2, when ALPN selects "h2").
+No HTTP client library sits in between: a client, a pool, URL and message models per sample
+cost more CPU than the handshake itself, and a pool keyed by address:port rather than by SNI
+would mix targets that share an address. One request per connection; redirects are not
+followed (the Location host is kept: captive-portal evidence).
 
 Timing (CENSORSHIP.md, "https / throttling"): the response must start within `job.timeout` of
-the request. Then the transfer is read for a bounded window (WINDOW_FACTOR x timeout after the
-handshake, a deadline, not an idle timer) or up to BYTE_CAP. When the window closes, bytes then
-silence for at least STALL_FACTOR x `job.timeout` is a `stall`, with the bytes received before it; anything
-still moving is ok: a slow transfer is throttling, judged from its throughput, never a timeout.
-Gaps are judged only at the window's end because a policer's drops can hold TCP silent for
-longer than a timeout (retransmission back-off) on a transfer that then moves on. Redirects are not followed; the Location host is kept (captive-portal evidence).
+the request (an idle timer on the wire until its first byte). Then the transfer is read for a
+bounded window (WINDOW_FACTOR x timeout after the handshake, a deadline, not an idle timer) or up
+to BYTE_CAP. When the window closes, bytes then silence for at least STALL_FACTOR x
+`job.timeout` is a `stall`, with the bytes received before it; anything still moving is ok: a
+slow transfer is throttling, judged from its throughput, never a timeout. Gaps are judged only
+at the window's end because a policer's drops can hold TCP silent for longer than a timeout
+(retransmission back-off) on a transfer that then moves on.
+
+Ends: a whole response closes with FIN; anything else (failed, cut short, capped, truncated,
+cancelled) with RST, so the server stops sending and no state is left behind. A server that
+breaks HTTP (garbage, a header bomb, a hang-up mid-response, a reset stream) is a failure fact
+(failures.py maps h11's and h2's errors), never a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import h11
 
 from probe.catalog import Job
-from probe.failures import HTTP_STATUS, STALL, TIMEOUT, Failed, classify_exception
+from probe.failures import (
+    EOF_,
+    HTTP_STATUS,
+    PROTOCOL_ERROR,
+    STALL,
+    TIMEOUT,
+    Failed,
+    classify_exception,
+)
 from probe.layers import Context
-from probe.layers.dns import resolve
-from probe.layers.tcp import connect, elapsed_ms, target_port
-from probe.layers.tls import Wire, diagnose, handshake, take_control, target_sni
+from probe.layers.tcp import elapsed_ms, target_port
+from probe.layers.tls import Wire, diagnose, open_tls
 from probe.observations import Phase, Sample
 
-__all__ = ["BYTE_CAP", "WINDOW_FACTOR", "budget", "diagnose", "measure"]
+__all__ = ["BYTE_CAP", "STALL_FACTOR", "WINDOW_FACTOR", "budget", "diagnose", "measure"]
 
 BYTE_CAP = 16 * 1024 * 1024  # stop reading a body here: enough to measure any throughput
 WINDOW_FACTOR = 3  # the transfer window, in timeouts, from the end of the handshake
@@ -46,103 +61,16 @@ WINDOW_FACTOR = 3  # the transfer window, in timeouts, from the end of the hands
 STALL_FACTOR = 1.5
 ALPN = ("h2", "http/1.1")
 
-
-class _Recorded(Exception):
-    """The tcp or tls step failed and its phase is already in the sample."""
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    """httpcore's view of a `Wire`."""
-
-    def __init__(self, backend: _Backend, wire: Wire) -> None:
-        self.backend, self.wire = backend, wire
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data = await self.wire.read(max_bytes)
-        if data and self.backend.first_byte_at is None:
-            self.backend.first_byte_at = time.perf_counter()
-            # Once the response flows, a gap is judged at the window's end, not as it happens:
-            # a policer's drops can stall TCP for longer than a timeout (retransmission
-            # back-off) on a transfer that then moves on. That is throttling, not a stall.
-            self.wire.idle = None
-        self.backend.response_bytes += len(data)
-        return data
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if self.wire.closed:
-            raise ConnectionResetError("connection aborted")
-        await self.wire.write(buffer)
-
-    async def aclose(self) -> None:
-        self.wire.close()
-
-    async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        b = self.backend
-        wire = await handshake(b.job, b.ctx, b.sample, self.wire.sock, ssl_context,
-                               server_hostname or target_sni(b.job))
-        if wire is None:
-            raise _Recorded
-        b.wire = wire
-        b.ready()
-        return _Stream(b, wire)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "ssl_object":
-            return self.wire.tls
-        if info == "socket":
-            return self.wire.sock
-        return None  # "is_readable" too: connections are never reused, so never asked usefully
-
-
-class _Backend(httpcore.AsyncNetworkBackend):
-    """Connects every request to the target's resolved address through the tcp layer."""
-
-    def __init__(self, job: Job, ctx: Context, sample: Sample, address: str) -> None:
-        self.job, self.ctx, self.sample, self.address = job, ctx, sample, address
-        self.wire: Wire | None = None
-        self.ready_at: float | None = None  # perf_counter() when the handshake completed
-        self.response_bytes = 0  # decrypted bytes of the response (headers and body)
-        self.first_byte_at: float | None = None  # perf_counter() of its first byte
-        self.on_ready: Callable[[], None] = lambda: None
-
-    def ready(self) -> None:
-        assert self.wire is not None
-        self.ready_at = time.perf_counter()
-        self.wire.idle = self.job.timeout  # from now on, silence longer than this fails
-        self.on_ready()
-
-    async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        sock = await connect(self.job, self.ctx, self.sample, self.address, port)
-        if sock is None:
-            raise _Recorded
-        self.wire = Wire(sock)
-        return _Stream(self, self.wire)
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise NotImplementedError
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class _Transport(httpx.AsyncHTTPTransport):
-    def __init__(self, context: ssl.SSLContext, backend: _Backend) -> None:
-        super().__init__(verify=context, http2=True, trust_env=False)
-        # httpx takes no network backend: give it a pool of its own kind that uses ours.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context, http2=True, max_keepalive_connections=0, retries=0,
-            network_backend=backend,
-        )
+# Response headers may be this large (h11 fails beyond: a header bomb is a protocol error).
+# 100 KiB, as httpx allowed: real sites send large cookies and security policies.
+MAX_HEADER_BYTES = 100 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the ones that mean "go there" (httpx's set)
+# Inbound header validation off, as httpx had it: a server's sloppy header is not a block.
+_H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                       validate_inbound_headers=False)
+# The receive windows, stream and connection: large enough that flow control never limits a
+# measured throughput (h2's default 64 KiB would cap it at 64 KiB per round trip).
+_H2_WINDOW = BYTE_CAP
 
 
 def budget(job: Job) -> float:
@@ -159,102 +87,215 @@ def _host_header(job: Job, port: int) -> str:
     return host if port == 443 else f"{host}:{port}"
 
 
+class _Transfer:
+    """What one GET has seen so far; the facts of the `http` phase come from it."""
+
+    def __init__(self, wire: Wire, timeout: float) -> None:
+        self.wire = wire
+        self.ready_at = time.perf_counter()  # the handshake is done and the request goes now
+        wire.idle = timeout  # until the response starts, silence longer than this fails
+        self.received = 0  # decrypted bytes from the server (headers, body, h2 framing)
+        self.first_byte_at: float | None = None  # perf_counter() when the response started
+        self.body = 0
+        self.facts: dict[str, Any] = {}  # status, http_version, location_host, capped...
+        self.whole = False  # the response ended as the server meant it to
+
+    async def read(self) -> bytes:
+        data = await self.wire.read()
+        self.received += len(data)
+        return data
+
+    def started(self) -> None:
+        """The response's first byte is here. From now on a gap is judged at the window's end,
+        not as it happens: a policer's drops can stall TCP for longer than a timeout
+        (retransmission back-off) on a transfer that then moves on. That is throttling."""
+        if self.first_byte_at is None:
+            self.first_byte_at = time.perf_counter()
+            self.wire.idle = None
+
+    def response(self, status: int, version: str, location: bytes | None) -> None:
+        self.facts.update(status=status, http_version=version)
+        if status in _REDIRECTS and location:
+            self.facts["location_host"] = _location_host(location)
+
+    def add_body(self, size: int) -> bool:
+        """Count body bytes; True once BYTE_CAP is reached (stop reading)."""
+        self.body += size
+        if self.body >= BYTE_CAP:
+            self.facts["capped"] = True
+            return True
+        return False
+
+
+def _location_host(location: bytes) -> str | None:
+    try:
+        return urlsplit(location.decode("utf-8", "replace")).hostname
+    except ValueError:  # "http://[junk": no host to keep, and no reason to fail the response
+        return None
+
+
+async def _http1(job: Job, port: int, t: _Transfer) -> None:
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+    request = h11.Request(method="GET", target=job.endpoint.path, headers=[
+        ("host", _host_header(job, port)), ("user-agent", "probe"), ("accept", "*/*"),
+        ("accept-encoding", "identity"),
+    ])
+    await t.wire.write(conn.send(request) + conn.send(h11.EndOfMessage()))
+    while True:
+        event = conn.next_event()  # raises h11.RemoteProtocolError on garbage or a hang-up
+        if event is h11.NEED_DATA:
+            data = await t.read()
+            if data:
+                t.started()
+            conn.receive_data(data)  # b"": the server closed (h11 judges if that ends the body)
+        elif type(event) is h11.Data:
+            if t.add_body(len(event.data)):
+                return
+        elif type(event) is h11.Response:
+            location = next((v for k, v in event.headers if k == b"location"), None)
+            t.response(event.status_code, f"HTTP/{event.http_version.decode()}", location)
+        elif type(event) is h11.EndOfMessage:
+            t.whole = True
+            return
+        elif type(event) is h11.ConnectionClosed:  # closed before a response started
+            raise Failed(EOF_, "server closed the connection without sending a response")
+        # InformationalResponse (1xx): the real response follows
+
+
+async def _http2(job: Job, port: int, t: _Transfer) -> None:
+    conn = h2.connection.H2Connection(config=_H2_CONFIG)
+    # Set before the preface so it carries them (as httpx did: no push, header lists <= 64 KiB),
+    # without ENABLE_CONNECT_PROTOCOL, which some servers balk at in the first SETTINGS.
+    conn.local_settings = h2.settings.Settings(client=True, initial_values={
+        h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _H2_WINDOW,
+    })
+    del conn.local_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL]
+    conn.initiate_connection()
+    conn.increment_flow_control_window(_H2_WINDOW)
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [
+        (":method", "GET"), (":scheme", "https"), (":authority", _host_header(job, port)),
+        (":path", job.endpoint.path), ("user-agent", "probe"), ("accept", "*/*"),
+        ("accept-encoding", "identity"),
+    ], end_stream=True)
+    await t.wire.write(conn.data_to_send())
+    while True:
+        data = await t.read()
+        if not data:
+            raise Failed(EOF_, "server closed the connection before a complete response")
+        for event in conn.receive_data(data):  # raises h2's ProtocolError on garbage
+            if _h2_event(event, stream, conn, t):
+                return
+        if out := conn.data_to_send():  # SETTINGS ack, WINDOW_UPDATE, PING ack
+            await t.wire.write(out)
+
+
+def _h2_event(event: h2.events.Event, stream: int, conn: h2.connection.H2Connection,
+              t: _Transfer) -> bool:
+    """Take one HTTP/2 event; True when the transfer is over (whole or capped)."""
+    kind = type(event)
+    if kind is h2.events.DataReceived and event.stream_id == stream:
+        # Give the window back as we go, or the server stops at the window's end.
+        conn.acknowledge_received_data(event.flow_controlled_length, stream)
+        return t.add_body(len(event.data))
+    if kind is h2.events.ResponseReceived and event.stream_id == stream:
+        t.started()
+        headers = dict(event.headers)
+        try:
+            status = int(headers.get(b":status", b""))
+        except ValueError:
+            raise Failed(PROTOCOL_ERROR, f"bad :status {headers.get(b':status')!r}") from None
+        t.response(status, "HTTP/2", headers.get(b"location"))
+    elif kind is h2.events.InformationalResponseReceived and event.stream_id == stream:
+        t.started()
+    elif kind is h2.events.StreamEnded and event.stream_id == stream:
+        t.whole = True
+        return True
+    elif kind is h2.events.StreamReset and event.stream_id == stream:
+        raise Failed(PROTOCOL_ERROR, f"server reset the stream ({_h2_code(event.error_code)})")
+    elif kind is h2.events.ConnectionTerminated and (
+            event.error_code != h2.errors.ErrorCodes.NO_ERROR
+            or (event.last_stream_id or 0) < stream):
+        # A graceful GOAWAY that still covers our stream lets it finish; anything else ends it.
+        raise Failed(PROTOCOL_ERROR, f"server ended the connection (GOAWAY "
+                                     f"{_h2_code(event.error_code)})")
+    return False
+
+
+def _h2_code(code: Any) -> str:
+    return code.name if isinstance(code, h2.errors.ErrorCodes) else str(code)
+
+
 async def measure(job: Job, ctx: Context) -> Sample:
     sample = Sample()
-    address = await resolve(job, ctx, sample)
-    if address is None:
+    wire = await open_tls(job, ctx, sample, ALPN)  # records dns, tcp and tls; None if one failed
+    if wire is None:
         return sample
-    port = target_port(job)
-    await take_control(job, ctx, address, port)
-    backend = _Backend(job, ctx, sample, address)
-    transport = _Transport(ctx.ssl_context(job.ca_files, alpn=ALPN), backend)
-    client = httpx.AsyncClient(transport=transport, trust_env=False, timeout=None,
-                               follow_redirects=False)
-    request = client.build_request(
-        "GET", f"https://{_url_host(address)}:{port}{job.endpoint.path}",
-        headers={"host": _host_header(job, port), "user-agent": "probe",
-                 "accept-encoding": "identity"},
-        extensions={"sni_hostname": target_sni(job)},
-    )
+    transfer = _Transfer(wire, job.timeout)
     try:
-        await _get(job, client, request, backend, sample)
+        await _get(job, transfer, sample)
     finally:
         http = sample.phases.get("http")
-        whole = http is not None and http.ok and not (http.get("truncated") or http.get("capped"))
-        if not whole and backend.wire is not None:  # failed, cut short or cancelled
-            backend.wire.abort()  # RST: stop the server sending, leave no state behind
-        with contextlib.suppress(Exception):
-            await client.aclose()
+        if transfer.whole and http is not None and http.ok and not http.get("truncated"):
+            wire.close()  # FIN: the response ended as meant
+        else:  # failed, cut short, capped, truncated or cancelled
+            wire.abort()  # RST: stop the server sending, leave no state behind
     return sample
 
 
-async def _get(job: Job, client: httpx.AsyncClient, request: httpx.Request, backend: _Backend,
-               sample: Sample) -> None:
-    facts: dict[str, Any] = {}
-    body = 0
-    response: httpx.Response | None = None
-    loop = asyncio.get_running_loop()
+async def _get(job: Job, t: _Transfer, sample: Sample) -> None:
+    assert t.wire.tls is not None
+    exchange = _http2 if t.wire.tls.selected_alpn_protocol() == "h2" else _http1
     window = job.timeout * WINDOW_FACTOR
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(None) as deadline:
-            # tcp and tls bound themselves; the window starts when the handshake is done
-            backend.on_ready = lambda: deadline.reschedule(loop.time() + window)
-            response = await client.send(request, stream=True)
-            facts.update(status=response.status_code, http_version=response.http_version)
-            location = response.headers.get("location")
-            if response.is_redirect and location:
-                facts["location_host"] = urlsplit(location).hostname
-            async for chunk in response.aiter_raw():
-                body += len(chunk)
-                if body >= BYTE_CAP:
-                    facts["capped"] = True
-                    break
-            await response.aclose()
-    except _Recorded:
-        return
+        async with asyncio.timeout_at(loop.time() + window) as deadline:
+            await exchange(job, target_port(job), t)
+        if "status" not in t.facts:  # an HTTP/2 stream ended (or data came) with no :status
+            raise Failed(PROTOCOL_ERROR, "response without a status")
     except TimeoutError:
         if not deadline.expired():  # the wire was silent for a whole timeout before a response
-            _fail(sample, backend, facts, body, Failed(
-                TIMEOUT, f"no response within {job.timeout:g} s of the request"))
+            _fail(sample, t, Failed(TIMEOUT, f"no response within {job.timeout:g} s of the "
+                                             "request"))
             return
-        silent_for = time.perf_counter() - (backend.wire.last_raw_at if backend.wire else 0)
-        if backend.response_bytes and silent_for >= STALL_FACTOR * job.timeout:
-            _fail(sample, backend, facts, body, Failed(
-                STALL, f"transfer stalled: {body} body bytes, then nothing for "
-                f"{silent_for:.1f} s"))
+        silent_for = time.perf_counter() - t.wire.last_raw_at
+        if t.first_byte_at is not None and silent_for >= STALL_FACTOR * job.timeout:
+            _fail(sample, t, Failed(STALL, f"transfer stalled: {t.body} body bytes, then "
+                                           f"nothing for {silent_for:.1f} s"))
             return
-        if response is None:
-            _fail(sample, backend, facts, body, Failed(
-                TIMEOUT, f"no complete response headers within the {window:g} s window "
-                f"({backend.response_bytes} bytes)"))
+        if "status" not in t.facts:
+            _fail(sample, t, Failed(TIMEOUT, f"no complete response headers within the "
+                                             f"{window:g} s window ({t.received} bytes)"))
             return
-        facts["truncated"] = True  # still moving when the window closed: slow, not failed
+        t.facts["truncated"] = True  # still moving when the window closed: slow, not failed
     except Exception as exc:  # noqa: BLE001 - reset, closed mid-body, garbage: a fact, not a crash
-        _fail(sample, backend, facts, body, exc)
+        _fail(sample, t, exc)
         return
-    phase = _phase(backend, facts, body)
-    if response.status_code >= 400:
-        phase.ok, phase.failure, phase.error = False, HTTP_STATUS, f"HTTP {response.status_code}"
+    phase = _phase(t)
+    status = t.facts["status"]
+    if status >= 400:
+        phase.ok, phase.failure, phase.error = False, HTTP_STATUS, f"HTTP {status}"
     sample.add("http", phase)
 
 
-def _phase(backend: _Backend, facts: dict[str, Any], body: int) -> Phase:
+def _phase(t: _Transfer) -> Phase:
     """The http phase; times run from the request (sent as soon as the handshake is done)."""
     now = time.perf_counter()
-    start = backend.ready_at or now
-    timing: dict[str, Any] = {"bytes": body}
-    if backend.first_byte_at is not None:
-        timing["ttfb_ms"] = round((backend.first_byte_at - start) * 1000, 3)
-    if body:
-        seconds = now - start
+    timing: dict[str, Any] = {"bytes": t.body}
+    if t.first_byte_at is not None:
+        timing["ttfb_ms"] = round((t.first_byte_at - t.ready_at) * 1000, 3)
+    if t.body:
+        seconds = now - t.ready_at
         timing["transfer_ms"] = round(seconds * 1000, 3)
-        timing["throughput"] = round(body * 8 / seconds) if seconds > 0 else None
-    return Phase(ok=True, ms=elapsed_ms(start), **timing, **facts)
+        timing["throughput"] = round(t.body * 8 / seconds) if seconds > 0 else None
+    return Phase(ok=True, ms=elapsed_ms(t.ready_at), **timing, **t.facts)
 
 
-def _fail(sample: Sample, backend: _Backend, facts: dict[str, Any], body: int,
-          exc: BaseException) -> None:
+def _fail(sample: Sample, t: _Transfer, exc: BaseException) -> None:
     failure, message = classify_exception(exc)
-    phase = _phase(backend, facts, body)
+    phase = _phase(t)
     phase.ok, phase.failure, phase.error = False, failure, message
     sample.add("http", phase)
