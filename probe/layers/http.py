@@ -71,6 +71,7 @@ _H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None,
 # The receive windows, stream and connection: large enough that flow control never limits a
 # measured throughput (h2's default 64 KiB would cap it at 64 KiB per round trip).
 _H2_WINDOW = BYTE_CAP
+_H2_SETTINGS = 0x4  # the frame type (RFC 9113 6.5)
 
 
 def budget(job: Job) -> float:
@@ -182,10 +183,19 @@ async def _http2(job: Job, port: int, t: _Transfer) -> None:
         ("accept-encoding", "identity"),
     ], end_stream=True)
     await t.wire.write(conn.data_to_send())
+    first = b""  # the server's first bytes, until they show the frame type
     while True:
         data = await t.read()
         if not data:
             raise Failed(EOF_, "server closed the connection before a complete response")
+        if len(first) < 4:
+            # An HTTP/2 server starts with a SETTINGS frame (RFC 9113 3.4). Judge that from the
+            # frame header: h2 would wait for the whole frame, whose length a non-HTTP/2 reply
+            # makes up ("HTTP/1.1 " reads as 4.7 MB), until the window closes.
+            first += data[:4]
+            if len(first) >= 4 and first[3] != _H2_SETTINGS:
+                raise Failed(PROTOCOL_ERROR, f"no HTTP/2 from the server, which began "
+                                             f"{(first + data[4:16])[:16]!r}")
         for event in conn.receive_data(data):  # raises h2's ProtocolError on garbage
             if _h2_event(event, stream, conn, t):
                 return
@@ -196,27 +206,26 @@ async def _http2(job: Job, port: int, t: _Transfer) -> None:
 def _h2_event(event: h2.events.Event, stream: int, conn: h2.connection.H2Connection,
               t: _Transfer) -> bool:
     """Take one HTTP/2 event; True when the transfer is over (whole or capped)."""
-    kind = type(event)
-    if kind is h2.events.DataReceived and event.stream_id == stream:
+    if isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
         # Give the window back as we go, or the server stops at the window's end.
-        conn.acknowledge_received_data(event.flow_controlled_length, stream)
-        return t.add_body(len(event.data))
-    if kind is h2.events.ResponseReceived and event.stream_id == stream:
+        conn.acknowledge_received_data(event.flow_controlled_length or 0, stream)
+        return t.add_body(len(event.data or b""))
+    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
         t.started()
-        headers = dict(event.headers)
+        headers: dict[Any, Any] = dict(event.headers or ())
         try:
             status = int(headers.get(b":status", b""))
         except ValueError:
             raise Failed(PROTOCOL_ERROR, f"bad :status {headers.get(b':status')!r}") from None
         t.response(status, "HTTP/2", headers.get(b"location"))
-    elif kind is h2.events.InformationalResponseReceived and event.stream_id == stream:
+    elif isinstance(event, h2.events.InformationalResponseReceived) and event.stream_id == stream:
         t.started()
-    elif kind is h2.events.StreamEnded and event.stream_id == stream:
+    elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
         t.whole = True
         return True
-    elif kind is h2.events.StreamReset and event.stream_id == stream:
+    elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
         raise Failed(PROTOCOL_ERROR, f"server reset the stream ({_h2_code(event.error_code)})")
-    elif kind is h2.events.ConnectionTerminated and (
+    elif isinstance(event, h2.events.ConnectionTerminated) and (
             event.error_code != h2.errors.ErrorCodes.NO_ERROR
             or (event.last_stream_id or 0) < stream):
         # A graceful GOAWAY that still covers our stream lets it finish; anything else ends it.
