@@ -60,6 +60,7 @@ ERRNO_FACTS: dict[int, str] = {
     errno.EMFILE: LOCAL_LIMIT,
     errno.ENFILE: LOCAL_LIMIT,
     errno.ENOBUFS: LOCAL_LIMIT,
+    errno.EAGAIN: LOCAL_LIMIT,  # a UDP send the host's buffers could not take (layers/udp.py)
     errno.ENOMEM: LOCAL_LIMIT,
 }
 

@@ -38,6 +38,7 @@ from probe.catalog import Job, Settings, is_ip_literal, split_host_port
 from probe.classify_dns import is_bogon, is_public_name, shares_address
 from probe.failures import Failed, classify_exception, classify_udp_error
 from probe.layers import Context
+from probe.layers.udp import open_udp
 from probe.observations import Phase, Sample
 
 INJECTION_WINDOW = 0.2  # seconds to keep listening after the first UDP reply
@@ -169,8 +170,7 @@ async def query_udp(server: str, port: int, name: str, rdtype: str, timeout: flo
     deadline = start + timeout
     first_at = deadline
     try:
-        transport, protocol = await loop.create_datagram_endpoint(
-            _Datagrams, remote_addr=(server, port))
+        transport, protocol = open_udp(_Datagrams, server, port)
     except OSError as exc:
         failure, message = classify_udp_error(exc)
         return Lookup(failure=failure, error=message)

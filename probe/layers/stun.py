@@ -21,10 +21,8 @@ unless the user passes `--include-ip` (then `mapped_address` keeps the public on
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import math
 import socket
-import statistics
 import time
 from typing import Any, cast
 
@@ -32,6 +30,7 @@ from probe.catalog import Job
 from probe.failures import CUTOFF, TIMEOUT, classify_udp_error
 from probe.layers import Context
 from probe.layers.dns import resolve
+from probe.layers.udp import open_udp
 from probe.observations import Phase, Sample
 from probe.wire import stun
 
@@ -139,11 +138,15 @@ class _Exchange(asyncio.DatagramProtocol):
         if mapped is None:
             return
         self.mapped_address_returned = True
-        self.mapped = f"{mapped.address}:{mapped.port}"  # kept only with --include-ip
         if self.nat is None and self.transport is not None:
+            self.mapped = f"{mapped.address}:{mapped.port}"  # kept only with --include-ip
             local = self.transport.get_extra_info("sockname")
-            local_ip = ipaddress.ip_address(str(local[0]).split("%")[0])
-            self.nat = (mapped.address, mapped.port) != (local_ip, int(local[1]))
+            family = socket.AF_INET6 if mapped.address.version == 6 else socket.AF_INET
+            try:  # packed bytes: no parsing of the local address on every answer's path
+                local_packed = socket.inet_pton(family, str(local[0]).split("%")[0])
+            except OSError:  # an IPv4 answer on an IPv6 socket: certainly translated
+                local_packed = b""
+            self.nat = (mapped.address.packed, mapped.port) != (local_packed, int(local[1]))
 
     def error_received(self, exc: Exception) -> None:
         if isinstance(exc, OSError):
@@ -162,15 +165,22 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def _median(values: list[float]) -> float | None:
+    # statistics.median, without its type dispatch: one answer is the common case.
+    if len(values) < 2:
+        return values[0] if values else None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else round((ordered[mid - 1] + ordered[mid]) / 2, 3)
+
+
 async def exchange(address: str, port: int, count: int, spacing: float, timeout: float,
                    include_ip: bool = False) -> Phase:
     """Send `count` Binding requests `spacing` apart and record what came back."""
     loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     start = time.perf_counter()
     try:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Exchange(count, timeout), remote_addr=(address, port), family=family)
+        transport, protocol = open_udp(lambda: _Exchange(count, timeout), address, port)
     except OSError as exc:  # no route, no IPv6 here...
         failure, message = classify_udp_error(exc)
         return Phase(ok=False, ms=_ms(time.perf_counter() - start), failure=failure,
@@ -216,7 +226,7 @@ def _phase(
         "icmp_errors": len(protocol.errors),
         "error_responses": len(protocol.error_codes),
         "rtt_ms": rtts,
-        "rtt_median_ms": round(statistics.median(rtts), 3) if rtts else None,
+        "rtt_median_ms": _median(rtts),
         "rtt_min_ms": min(rtts) if rtts else None,
         "pattern": pattern,
         "spacing_ms": _ms(spacing),

@@ -32,6 +32,7 @@ from probe.failures import (
 from probe.layers import Context
 from probe.layers.dns import resolve
 from probe.layers.tcp import abort, connect
+from probe.layers.udp import open_udp
 from probe.observations import Phase, Sample
 from probe.wire import stun
 
@@ -102,15 +103,12 @@ class _Allocate(asyncio.DatagramProtocol):
 
 
 async def over_udp(address: str, port: int, timeout: float) -> Phase:
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     request = stun.allocate_request()
     data = stun.encode_message(request)
     start = time.perf_counter()
     facts: dict[str, Any] = {"transport": "udp", "port": port, "sent": 0}
     try:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Allocate(request), remote_addr=(address, port), family=family)
+        transport, protocol = open_udp(lambda: _Allocate(request), address, port)
     except OSError as exc:  # no route, no IPv6 here...
         failure, message = classify_udp_error(exc)
         return Phase(ok=False, ms=_ms(start), failure=failure, error=message, **facts)

@@ -365,8 +365,11 @@ def _pad(value: bytes) -> bytes:
 
 def encode_message(message: Message) -> bytes:
     """The bytes of a message; a `Fingerprint` attribute, if any, must come last."""
-    body = bytearray()
     attributes = message.attributes
+    if not attributes:  # a Binding request: the stun layer sends one per request
+        return _HEADER.pack(_message_type(message.method, message.cls), 0, MAGIC_COOKIE,
+                            message.transaction_id)
+    body = bytearray()
     fingerprint = bool(attributes) and isinstance(attributes[-1], Fingerprint)
     if fingerprint:
         attributes = attributes[:-1]
