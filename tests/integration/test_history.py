@@ -41,7 +41,7 @@ def judged(observations: dict[str, Observation], text: str = CATALOG) -> Run:
     care where they came from)."""
     r = Runner(loaded=catalog.loads(text))
     for job in r.jobs:
-        r.done.append((job, observations[job.target.url]))
+        r.add(job, observations[job.target.url])
     return r.finish()
 
 
