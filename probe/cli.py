@@ -138,11 +138,7 @@ def run(
     base = read_run_or_fail(baseline) if baseline else None
     if output is not None and output.exists() and not force:
         fail(f"{output} exists; pass --force to overwrite it")
-    only_ids = {p.strip() for p in only.split(",") if p.strip()} if only else None
-    if only_ids:
-        unknown = only_ids - set(loaded.catalog.platforms)
-        if unknown:
-            fail(f"--only: no platform {', '.join(sorted(unknown))} in {loaded.path}")
+    only_ids = only_or_fail(only, loaded)
     if repeat is not None:
         if output is not None:
             fail("-o keeps one run; with --repeat every run goes to the history (see --db)")
