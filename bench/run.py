@@ -347,7 +347,8 @@ def bench_startup() -> str:
 
 def uvloop_summary(loops: list[str]) -> str:
     if "uvloop" not in loops:
-        return "uvloop: not installed (pip install probe[fast]), standard loop only"
+        return ("uvloop: standard loop only" if HAS_UVLOOP
+                else "uvloop: not installed (pip install probe[fast]), standard loop only")
     parts = []
     for kind in LAYERS:
         if (kind, "asyncio") in RATES and (kind, "uvloop") in RATES:
