@@ -6,6 +6,10 @@ import errno
 import os
 import ssl
 
+import h2.config
+import h2.connection
+import h2.exceptions
+import h11
 import httpx
 import pytest
 
@@ -54,6 +58,37 @@ def test_unknown_names_the_type() -> None:
 ])
 def test_httpx_remote_protocol_errors(text: str, fact: str) -> None:
     assert classify_exception(httpx.RemoteProtocolError(text))[0] == fact
+
+
+def test_h11_errors_from_a_real_parser() -> None:
+    """What the https layer's h11 raises: a hang-up is eof, garbage or a header bomb not."""
+    def error(reply: bytes, eof: bool) -> BaseException:
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1024)
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(reply)
+        if eof:
+            conn.receive_data(b"")
+        with pytest.raises(h11.RemoteProtocolError) as caught:
+            while conn.next_event() is not h11.NEED_DATA:
+                pass
+        return caught.value
+
+    body = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"
+    assert classify_exception(error(body, eof=True))[0] == F.EOF_
+    assert classify_exception(error(b"HTTP/1.1 20", eof=True))[0] == F.EOF_
+    assert classify_exception(error(b"SSH-2.0-OpenSSH\r\n\r\n", eof=False))[0] == F.PROTOCOL_ERROR
+    bomb = b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * 1000
+    assert classify_exception(error(bomb, eof=False))[0] == F.PROTOCOL_ERROR
+
+
+def test_h2_protocol_errors_from_a_real_connection() -> None:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    with pytest.raises(h2.exceptions.ProtocolError) as caught:  # a frame over 16 KiB
+        conn.receive_data(b"\x00\xff\xff\x04\x00\x00\x00\x00\x00" + bytes(0xffff))
+    assert classify_exception(caught.value)[0] == F.PROTOCOL_ERROR
+    assert classify_exception(h2.exceptions.StreamClosedError(1))[0] == F.PROTOCOL_ERROR
 
 
 # --- TLS: real exceptions from handshakes between memory BIOs -------------------------------
