@@ -31,7 +31,7 @@ import contextlib
 import datetime
 import os
 import struct
-from typing import Any, Self
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from probe.mock.certs import Leaf, TestCA
-from probe.mock.tls import ServerTLS, TrackedServer, _end_handlers, read_record, server_context
+from probe.mock.server import MockServer, drain_until_closed
+from probe.mock.tls import ServerTLS, read_record, server_context
 
 _PADDING_OID = ObjectIdentifier("1.3.6.1.4.1.55555.1")  # a private arc: nobody understands it
 _BODY_CHUNK = 16384  # one TLS record of zeros
@@ -67,7 +68,7 @@ def junk_chain(count: int, padding: int) -> bytes:
     return b"".join(pems)
 
 
-class HostileServer(TrackedServer):
+class HostileServer(MockServer):
     """A TLS/HTTPS server that attacks its clients; see the module docstring."""
 
     BEHAVIOURS: tuple[str, ...] = (
@@ -84,8 +85,8 @@ class HostileServer(TrackedServer):
         unknown = set(options) - self._OPTIONS
         if unknown:
             raise ValueError(f"unknown hostile option(s) {', '.join(sorted(unknown))}")
-        self.behaviour = behaviour
-        self.host, self.port, self.name = host, port, name
+        super().__init__(host, port)
+        self.behaviour, self.name = behaviour, name
         self.ca = ca or TestCA()
         self.interval = float(options.get("interval", 1.0))
         self.chain = int(options.get("chain", 120))
@@ -97,7 +98,6 @@ class HostileServer(TrackedServer):
         self.bytes_sent = 0  # body bytes of endless_body, all connections
         self._leaf: Leaf | None = None
         self._contexts: dict[str, Any] = {}
-        self._track_init()
 
     def _context(self, kind: str) -> Any:
         context = self._contexts.get(kind)
@@ -144,7 +144,7 @@ class HostileServer(TrackedServer):
             tls.writer.write(flight[i:i + 1])
             await tls.writer.drain()
             await asyncio.sleep(self.interval)
-        await _until_closed(tls.reader)
+        await drain_until_closed(tls.reader)
 
     async def _respond(self, tls: ServerTLS, behaviour: str, peer: tuple[Any, ...]) -> None:
         you = f"{peer[0]}:{peer[1]}"
@@ -185,11 +185,6 @@ async def _send_all(tls: ServerTLS, data: bytes) -> None:
         await tls.send(data[i:i + _BODY_CHUNK])
 
 
-async def _until_closed(reader: asyncio.StreamReader) -> None:
-    while await reader.read(65536):
-        pass
-
-
 # --- DNS -------------------------------------------------------------------------------------
 
 _HEADER = struct.Struct("!HHHHHH")  # id, flags, qd, an, ns, ar (RFC 1035 4.1.1)
@@ -228,10 +223,11 @@ def loop_reply(query: bytes, *, cycle: bool = False, truncated: bool = False) ->
     return _HEADER.pack(qid, _QR_RD_RA, 1, 1, 0, 0) + question + answer
 
 
-class HostileDnsServer:
+class HostileDnsServer(MockServer):
     """A DNS server (UDP and TCP on one port) whose replies attack the parser."""
 
     BEHAVIOURS: tuple[str, ...] = ("pointer_loop", "pointer_cycle", "truncate_loop", "junk")
+    serves_udp = True
 
     def __init__(self, behaviour: str = "pointer_loop", *, host: str = "127.0.0.1", port: int = 0,
                  ca: TestCA | None = None, name: str = "dns.mock.test", **options: Any) -> None:
@@ -240,12 +236,9 @@ class HostileDnsServer:
                              f"{', '.join(self.BEHAVIOURS)})")
         if options:
             raise ValueError(f"unknown hostile dns option(s) {', '.join(sorted(options))}")
-        self.behaviour = behaviour
-        self.host, self.port, self.name = host, port, name
+        super().__init__(host, port)
+        self.behaviour, self.name = behaviour, name
         self.queries = 0
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def reply(self, query: bytes, *, over_tcp: bool) -> bytes | None:
         self.queries += 1
@@ -255,73 +248,18 @@ class HostileDnsServer:
         return loop_reply(query, cycle=behaviour == "pointer_cycle",
                           truncated=behaviour == "truncate_loop" and not over_tcp)
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        server = self
+    def datagram(self, data: bytes, addr: Any) -> None:
+        answer = self.reply(data, over_tcp=False)
+        if answer is not None:
+            self._sendto(answer, addr)
 
-        class _Udp(asyncio.DatagramProtocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                self.transport = transport
-
-            def datagram_received(self, data: bytes, addr: Any) -> None:
-                try:
-                    answer = server.reply(data, over_tcp=False)
-                    if answer is not None:
-                        self.transport.sendto(answer, addr)  # type: ignore[attr-defined]
-                except Exception:  # noqa: BLE001, S110 - a hostile client never stops it
-                    pass
-
-        # One port number for both: TCP first (port 0 -> a free one), then UDP on that number,
-        # retried with another TCP port when UDP has that number taken.
-        for attempt in range(20):
-            tcp = await asyncio.start_server(self._connection, self.host, self.port)
-            port = tcp.sockets[0].getsockname()[1]
-            try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    _Udp, local_addr=(self.host, port))
-            except OSError:
-                tcp.close()
-                await tcp.wait_closed()
-                if self.port or attempt == 19:
-                    raise
-                continue
-            self._tcp, self._udp, self.port = tcp, transport, port
-            return
-
-    async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
-            await _end_handlers(self._tasks)
-            await self._tcp.wait_closed()
-            self._tcp = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            while True:
-                size = int.from_bytes(await reader.readexactly(2), "big")
-                answer = self.reply(await reader.readexactly(size), over_tcp=True)
-                if answer is not None:
-                    writer.write(len(answer).to_bytes(2, "big") + answer)
-                    await writer.drain()
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - EOF, RST, garbage
-            pass
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # until EOF, RST or garbage ends it
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            answer = self.reply(await reader.readexactly(size), over_tcp=True)
+            if answer is not None:
+                writer.write(len(answer).to_bytes(2, "big") + answer)
+                await writer.drain()
 
 
 # --- running mock servers beside a blocking caller -------------------------------------------

@@ -33,9 +33,10 @@ import ssl
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from probe.mock.certs import Leaf, TestCA
+from probe.mock.server import MockServer, drain_until_closed
 
 _ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])  # fatal, 40
 _MAX_HELLO = 1 << 16
@@ -135,76 +136,7 @@ def _rst(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _end_handlers(tasks: set[asyncio.Task[None]]) -> None:
-    """Wait for connection handlers to see their aborted connections, then cancel stragglers."""
-    if tasks:
-        _, pending = await asyncio.wait(set(tasks), timeout=1.0)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
-async def _drain_until_closed(reader: asyncio.StreamReader) -> None:
-    while await reader.read(65536):
-        pass
-
-
-class TrackedServer:
-    """A TCP server that tracks its connections, so stop() ends every one of them.
-
-    Subclasses set host and port and write `_handle(reader, writer)`; whatever a client does,
-    an exception in a handler ends only that connection.
-    """
-
-    host: str
-    port: int
-
-    def _track_init(self) -> None:
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await _end_handlers(self._tasks)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await self._handle(reader, writer)
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - a hostile
-            pass  # client must not take the server down; a handler cancelled by stop() just ends
-        finally:
-            self._writers.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
-
-
-class TLSServer(TrackedServer):
+class TLSServer(MockServer):
     """A TLS server on a real socket; see the module docstring for the behaviours."""
 
     BEHAVIOURS: tuple[str, ...] = (
@@ -231,12 +163,11 @@ class TLSServer(TrackedServer):
         for b in (behaviour, *self.sni_behaviours.values()):
             if b not in self.BEHAVIOURS:
                 raise ValueError(f"unknown behaviour {b!r} (one of {', '.join(self.BEHAVIOURS)})")
-        self.behaviour = behaviour
-        self.host, self.port, self.name = host, port, name
+        super().__init__(host, port)
+        self.behaviour, self.name = behaviour, name
         self.ca = ca or TestCA()
         self.options = options
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._track_init()
         self.hellos: list[str | None] = []  # the SNI of every ClientHello, in order (for tests)
 
     @property
@@ -265,7 +196,7 @@ class TLSServer(TrackedServer):
         if behaviour == "reset_after_hello":
             _rst(writer)
         elif behaviour == "silent_after_hello":
-            await _drain_until_closed(reader)
+            await drain_until_closed(reader)
         elif behaviour == "close_after_hello":
             writer.close()
         elif behaviour == "alert":
@@ -337,7 +268,7 @@ class HTTPSServer(TLSServer):
         else:
             await self._respond(tls, 404, b"not found", "text/plain")
         if behaviour == "stall":
-            await _drain_until_closed(tls.reader)  # the rest never comes
+            await drain_until_closed(tls.reader)  # the rest never comes
 
     async def _respond(self, tls: ServerTLS, status: int, body: bytes, content_type: str,
                        behaviour: str = "ok", location: str | None = None) -> None:
