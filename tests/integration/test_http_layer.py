@@ -261,3 +261,18 @@ def test_h2_close_before_the_end_is_eof(run: Any, test_ca: TestCA,
     phase, _ = run_h2(run, test_ca, job_for, script)
     assert not phase.ok and phase.failure == "eof", phase
     assert phase.get("status") == 200
+
+
+def test_h2_endless_body_stops_at_the_byte_cap(run: Any, test_ca: TestCA,
+                                               job_for: JobFor) -> None:
+    # More than the cap, and twice the client's receive windows: the cap is reached only if
+    # the client gives the windows back as it reads (flow control), then it stops there.
+    size = http.BYTE_CAP + (4 << 20)
+
+    def answer(conn: h2.connection.H2Connection, stream: int) -> None:
+        conn.send_headers(stream, [(":status", "200")])
+
+    phase, end = run_h2(run, test_ca, job_for, h2_server(answer, body=size))
+    assert phase.ok and phase.get("capped") is True, phase
+    assert http.BYTE_CAP <= phase.get("bytes") < http.BYTE_CAP + 65536
+    assert end == "rst"
