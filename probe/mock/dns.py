@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import errno
 import ipaddress
 import ssl
 import tempfile
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import dns.exception
@@ -45,6 +43,7 @@ import dns.rrset
 import h11
 
 from probe.mock.certs import TestCA
+from probe.mock.server import MockServer, drain_until_closed
 
 DOH_TYPE = "application/dns-message"
 _TTL = 60
@@ -83,13 +82,14 @@ def build_reply(query: dns.message.Message, records: dict[str, list[str]],
     return reply
 
 
-class DnsServer:
+class DnsServer(MockServer):
     """A DNS server on UDP and TCP, same port; see the module docstring for the behaviours."""
 
     BEHAVIOURS: tuple[str, ...] = (
         "ok", "nxdomain", "bogon", "lie", "inject", "silent", "servfail", "refused", "truncate",
     )
     _OPTIONS = frozenset({"records", "bogon", "lie", "inject_delay", "ttl"})
+    serves_udp = True
 
     def __init__(self, behaviour: str = "ok", *, host: str = "127.0.0.1", port: int = 0,
                  ca: TestCA | None = None, name: str = "dns.test", **options: Any) -> None:
@@ -98,8 +98,8 @@ class DnsServer:
         unknown = set(options) - self._OPTIONS
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
-        self.behaviour = behaviour
-        self.host, self.port, self.name, self.ca = host, port, name, ca
+        super().__init__(host, port)
+        self.behaviour, self.name, self.ca = behaviour, name, ca
         self.records: dict[str, list[str]] = {
             k.lower().rstrip("."): list(v) for k, v in (options.get("records") or {}).items()}
         self.bogon: str = options.get("bogon", "10.10.34.34")
@@ -107,44 +107,6 @@ class DnsServer:
         self.inject_delay: float = float(options.get("inject_delay", 0.02))
         self.ttl: int = int(options.get("ttl", _TTL))
         self.queries = 0  # how many questions arrived, over both transports
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for _ in range(20):  # the TCP port may be taken after the kernel chose the UDP one
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpSide(self), local_addr=(self.host, self.port))
-            port = transport.get_extra_info("sockname")[1]
-            try:
-                self._tcp = await asyncio.start_server(self._connection, self.host, port)
-            except OSError as exc:
-                transport.close()
-                if exc.errno != errno.EADDRINUSE or self.port:
-                    raise
-                continue
-            self._udp, self.port = transport, port
-            return
-        raise OSError(errno.EADDRINUSE, "no port free on both UDP and TCP")
-
-    async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
-            await _close_all(self._writers, self._handlers)
-            await self._tcp.wait_closed()
-            self._tcp = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def reply(self, query: dns.message.Message, *, over_tcp: bool = False,
               forged: bool = False) -> dns.message.Message | None:
@@ -177,71 +139,33 @@ class DnsServer:
         return query
 
     def datagram(self, wire: bytes, addr: Any) -> None:
-        transport = self._udp
         query = self._parse(wire)
-        if query is None or transport is None:
+        if query is None:
             return
         if self.behaviour == "inject":
             forged = self.reply(query, forged=True)
             genuine = self.reply(query)
             assert forged is not None and genuine is not None
-            transport.sendto(forged.to_wire(), addr)
+            self._sendto(forged.to_wire(), addr)
             asyncio.get_running_loop().call_later(
-                self.inject_delay, _send_if_open, transport, genuine.to_wire(), addr)
+                self.inject_delay, self._sendto, genuine.to_wire(), addr)
             return
         reply = self.reply(query)
         if reply is not None:
-            transport.sendto(reply.to_wire(), addr)
+            self._sendto(reply.to_wire(), addr)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        _track(self._handlers)
-        try:
-            while True:
-                size = int.from_bytes(await reader.readexactly(2), "big")
-                query = self._parse(await reader.readexactly(size))
-                reply = self.reply(query, over_tcp=True) if query is not None else None
-                if reply is not None:
-                    wire = reply.to_wire()
-                    writer.write(len(wire).to_bytes(2, "big") + wire)
-                    await writer.drain()
-        except (OSError, EOFError, *_GARBAGE):
-            pass  # this connection is over, not the server
-        finally:
-            self._writers.discard(writer)
-            writer.close()
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # until the client leaves or sends garbage
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            query = self._parse(await reader.readexactly(size))
+            reply = self.reply(query, over_tcp=True) if query is not None else None
+            if reply is not None:
+                wire = reply.to_wire()
+                writer.write(len(wire).to_bytes(2, "big") + wire)
+                await writer.drain()
 
 
-def _track(handlers: set[asyncio.Task[None]]) -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        handlers.add(task)
-        task.add_done_callback(handlers.discard)
-
-
-async def _close_all(writers: set[asyncio.StreamWriter], handlers: set[asyncio.Task[None]]) -> None:
-    """Abort open connections and let their handlers finish, so none is left to be cancelled."""
-    for writer in list(writers):
-        writer.transport.abort()
-    if handlers:
-        await asyncio.wait(list(handlers), timeout=1.0)
-
-
-def _send_if_open(transport: asyncio.DatagramTransport, wire: bytes, addr: Any) -> None:
-    if not transport.is_closing():
-        transport.sendto(wire, addr)
-
-
-class _UdpSide(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        with contextlib.suppress(OSError, *_GARBAGE):  # one bad datagram must not stop the server
-            self.server.datagram(data, addr)
-
-
-class DohServer:
+class DohServer(MockServer):
     """A DNS-over-HTTPS server (HTTP/1.1); see the module docstring for the behaviours."""
 
     BEHAVIOURS: tuple[str, ...] = ("ok", "nxdomain", "servfail", "http_error", "silent",
@@ -255,15 +179,12 @@ class DohServer:
         unknown = set(options) - self._OPTIONS
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
-        self.behaviour = behaviour
-        self.host, self.port, self.name = host, port, name
+        super().__init__(host, port)
+        self.behaviour, self.name = behaviour, name
         self.ca = ca or TestCA()
         self.records: dict[str, list[str]] = {
             k.lower().rstrip("."): list(v) for k, v in (options.get("records") or {}).items()}
         self.requests = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
         self._contexts: dict[str, ssl.SSLContext] = {}
 
     @property
@@ -291,24 +212,8 @@ class DohServer:
             sock.context = untrusted if self.behaviour == "untrusted" else context
 
         context.sni_callback = pick
-        self._server = await asyncio.start_server(
-            self._connection, self.host, self.port, ssl=context)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        await _close_all(self._writers, self._handlers)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        self._ssl = context
+        await super().start()
 
     def answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes]:
         """(HTTP status, body) for one DoH request."""
@@ -331,41 +236,31 @@ class DohServer:
             self.behaviour, dns.rcode.NOERROR)
         return 200, build_reply(query, self.records, rcode).to_wire()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        _track(self._handlers)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         http = h11.Connection(h11.SERVER)
         request: h11.Request | None = None
         body = b""
-        try:
-            while True:
-                event = http.next_event()
-                if event is h11.NEED_DATA:
-                    http.receive_data(await reader.read(65536))
-                elif isinstance(event, h11.Request):
-                    request, body = event, b""
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage) and request is not None:
-                    self.requests += 1
-                    if self.behaviour == "silent":
-                        while await reader.read(65536):
-                            pass
-                        return
-                    status, payload = self.answer(request, body)
-                    headers = [("content-type", DOH_TYPE), ("content-length", str(len(payload)))]
-                    writer.write(http.send(h11.Response(status_code=status, headers=headers)) or b"")
-                    writer.write(http.send(h11.Data(data=payload)) or b"")
-                    writer.write(http.send(h11.EndOfMessage()) or b"")
-                    await writer.drain()
-                    if http.our_state is h11.MUST_CLOSE:
-                        return
-                    http.start_next_cycle()
-                else:  # ConnectionClosed, or anything unexpected
+        while True:  # a hostile or broken client's errors end this connection only
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                http.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Request):
+                request, body = event, b""
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage) and request is not None:
+                self.requests += 1
+                if self.behaviour == "silent":
+                    await drain_until_closed(reader)
                     return
-        except (OSError, EOFError, h11.ProtocolError, *_GARBAGE):
-            pass  # a hostile or broken client must not take the server down
-        finally:
-            self._writers.discard(writer)
-            with contextlib.suppress(OSError):
-                writer.close()
+                status, payload = self.answer(request, body)
+                headers = [("content-type", DOH_TYPE), ("content-length", str(len(payload)))]
+                writer.write(http.send(h11.Response(status_code=status, headers=headers)) or b"")
+                writer.write(http.send(h11.Data(data=payload)) or b"")
+                writer.write(http.send(h11.EndOfMessage()) or b"")
+                await writer.drain()
+                if http.our_state is h11.MUST_CLOSE:
+                    return
+                http.start_next_cycle()
+            else:  # ConnectionClosed, or anything unexpected
+                return
