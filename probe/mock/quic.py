@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from probe.mock.certs import Leaf, TestCA
+from probe.mock.server import MockServer
 from probe.wire.quic import (
     MIN_DATAGRAM,
     QuicCodecError,
@@ -55,12 +56,13 @@ class _Peer:
     closed: bool = field(default=False)
 
 
-class QuicServer(asyncio.DatagramProtocol):
+class QuicServer(MockServer):
     """A QUIC server on a real UDP socket; see the module docstring for the behaviours."""
 
     BEHAVIOURS: tuple[str, ...] = (
         "ok", "silent", "close", "alpn_refuse", "untrusted", "wrong_name", "vn_only", "junk",
     )
+    serves_tcp, serves_udp = False, True
 
     def __init__(
         self,
@@ -77,15 +79,12 @@ class QuicServer(asyncio.DatagramProtocol):
         unknown = set(options) - {"alpn", "close_code", "close_reason"}
         if unknown:
             raise ValueError(f"unknown quic option(s) {', '.join(sorted(unknown))}")
-        self.behaviour = behaviour
-        self.host = host
-        self.port = port
-        self.name = name
+        super().__init__(host, port)
+        self.behaviour, self.name = behaviour, name
         self.ca = ca or TestCA()
         self.alpn: list[str] = list(options.get("alpn", ["h3"]))
         self.close_code: int = int(options.get("close_code", QuicErrorCode.CONNECTION_REFUSED))
         self.close_reason: str = str(options.get("close_reason", "closed by the mock server"))
-        self._transport: asyncio.DatagramTransport | None = None
         self._peers: dict[Any, _Peer] = {}
         self._configurations: dict[str, QuicConfiguration] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -104,19 +103,14 @@ class QuicServer(asyncio.DatagramProtocol):
             "wrong_name": self._configuration(other, self.alpn),
         }
         self._loop = asyncio.get_running_loop()
-        transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.host, self.port))
-        self._transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
+        await super().start()
 
     async def stop(self) -> None:
         for peer in self._peers.values():
             if peer.timer is not None:
                 peer.timer.cancel()
         self._peers.clear()
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        await super().stop()
 
     @staticmethod
     def _configuration(leaf: Leaf, alpn: list[str]) -> QuicConfiguration:
@@ -127,25 +121,12 @@ class QuicServer(asyncio.DatagramProtocol):
 
     # --- datagrams ---------------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        try:
-            self._answer(data, addr)
-        except Exception:  # a hostile datagram must never take the server down
-            log.debug("quic mock: datagram from %s dropped", addr, exc_info=True)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("quic mock: socket error %s", exc)
-
-    def _send(self, data: bytes, addr: Any) -> None:
-        if self._transport is not None:
-            self._transport.sendto(data, addr)
-
-    def _answer(self, data: bytes, addr: Any) -> None:
+    def datagram(self, data: bytes, addr: Any) -> None:
         behaviour = self.behaviour
         if behaviour == "silent":
             return
         if behaviour == "junk":
-            self._send(os.urandom(random.randint(1, MIN_DATAGRAM)), addr)
+            self._sendto(os.urandom(random.randint(1, MIN_DATAGRAM)), addr)
             return
         peer = self._peers.get(addr)
         if peer is None:
@@ -166,7 +147,7 @@ class QuicServer(asyncio.DatagramProtocol):
         if header.version not in supported:
             if header.version != 0:  # never answer a Version Negotiation packet
                 reply = VersionNegotiation(header.scid, header.dcid, tuple(supported))
-                self._send(encode_version_negotiation(reply), addr)
+                self._sendto(encode_version_negotiation(reply), addr)
             return None
         # RFC 9000 section 14.1: an Initial in a datagram under 1200 bytes is dropped.
         if behaviour == "vn_only" or len(data) < MIN_DATAGRAM:
@@ -190,7 +171,7 @@ class QuicServer(asyncio.DatagramProtocol):
         """Send what the core wants sent, forget it once terminated, else re-arm its timer."""
         connection = peer.connection
         for data, _ in connection.datagrams_to_send(now=self._now()):
-            self._send(data, addr)
+            self._sendto(data, addr)
         while (event := connection.next_event()) is not None:
             if isinstance(event, ConnectionTerminated):
                 peer.closed = True

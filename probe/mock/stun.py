@@ -23,24 +23,22 @@ own try: a hostile client never stops the server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import random
-import socket
 from typing import Any, ClassVar
 
 from probe.mock.certs import TestCA
+from probe.mock.server import MockServer
 from probe.wire import stun
 
 Answer = tuple[float, bytes]  # (delay in seconds, bytes to send)
 
 _SOFTWARE = "probe mock STUN"
 _REALM = "mock.test"
-_BIND_TRIES = 20  # UDP port 0 -> that port number on TCP too; retried if TCP has it taken
 
 
-class StunServer:
+class StunServer(MockServer):
     """A STUN server (UDP and TCP); see the module docstring for the behaviours."""
 
     BEHAVIOURS: tuple[str, ...] = (
@@ -48,6 +46,7 @@ class StunServer:
         "flood", "reveal",
     )
     OPTIONS: ClassVar[dict[str, Any]] = {"loss": 0.3, "seed": 0, "delay": 0.5, "n": 5, "flood": 20, "tcp": True}
+    serves_udp = True
 
     def __init__(
         self,
@@ -65,24 +64,18 @@ class StunServer:
         if unknown:
             raise ValueError(f"unknown stun option(s) {', '.join(sorted(unknown))}")
         settings = {**self.OPTIONS, **options}
-        self.behaviour = behaviour
-        self.host = host
-        self.port = port
-        self.name = name
+        super().__init__(host, port)
+        self.behaviour, self.name = behaviour, name
         self.loss = float(settings["loss"])
         self.delay = float(settings["delay"])
         self.n = int(settings["n"])
         self.flood = int(settings["flood"])
-        self.tcp = bool(settings["tcp"])
+        self.serves_tcp = bool(settings["tcp"])  # option tcp=False: UDP only
         self._random = random.Random(settings["seed"])
         self.requests = 0  # requests decoded, whatever was done with them
         self.clients: set[tuple[str, int]] = set()  # who asked: the tests compare against it
         self._per_client: dict[tuple[str, int], int] = {}
         self._malformed_turn = 0
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
     # --- what to answer (shared by UDP and TCP) ------------------------------------------
 
@@ -154,55 +147,16 @@ class StunServer:
 
     # --- sockets -------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    def datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        client = (str(addr[0]), int(addr[1]))
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        for _ in range(_BIND_TRIES if self.port == 0 else 1):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(self.host, self.port), family=family)
-            port = transport.get_extra_info("sockname")[1]
-            if not self.tcp:
-                break
-            try:
-                self._tcp = await asyncio.start_server(self._serve_tcp, self.host, port,
-                                                       family=family)
-                break
-            except OSError:
-                transport.close()
-                if self.port != 0:
-                    raise
-        else:
-            raise OSError(f"no port free on both UDP and TCP at {self.host}")
-        self._udp = transport
-        self.port = port
+        for delay, answer in self.answers(data, client):
+            if delay:
+                loop.call_later(delay, self._sendto, answer, client)
+            else:
+                self._sendto(answer, client)
 
-    async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
-            # Aborting ends each handler's read; cancelling a stream handler instead trips
-            # asyncio's own done-callback on Python 3.11 (it calls exception() on it).
-            for writer in list(self._writers):
-                writer.transport.abort()
-            if self._tasks:
-                _, pending = await asyncio.wait(list(self._tasks), timeout=1.0)
-                for task in pending:
-                    task.cancel()
-            with contextlib.suppress(Exception):
-                await self._tcp.wait_closed()
-            self._tcp = None
-
-    def _send_udp(self, data: bytes, client: tuple[str, int]) -> None:
-        if self._udp is not None and not self._udp.is_closing():
-            self._udp.sendto(data, client)
-
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = (str(peer[0]), int(peer[1]))
         try:
@@ -217,11 +171,7 @@ class StunServer:
                         await asyncio.sleep(delay)
                     writer.write(answer)
                     await writer.drain()
-        except (OSError, EOFError, asyncio.IncompleteReadError, stun.StunCodecError):
-            pass  # the client left or sent what is not STUN: drop it, serve the next
-        finally:
-            self._writers.discard(writer)
-            self._tasks.discard(task)
+        finally:  # the client left or sent what is not STUN: drop it (RST), serve the next
             writer.transport.abort()
 
 
@@ -230,24 +180,3 @@ def _framed(data: bytes) -> bool:
         return stun.message_length(data[: stun.HEADER_SIZE]) == len(data)
     except stun.StunCodecError:
         return False
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: StunServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        client = (str(addr[0]), int(addr[1]))
-        try:
-            answers = self.server.answers(data, client)
-        except Exception:  # noqa: BLE001 - a mock outlives any client; tests see no answer
-            return
-        loop = asyncio.get_running_loop()
-        for delay, answer in answers:
-            if delay:
-                loop.call_later(delay, self.server._send_udp, answer, client)
-            else:
-                self.server._send_udp(answer, client)
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors about clients that went away

@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import Any, Self
+from typing import Any
 
 from probe.mock.certs import TestCA
+from probe.mock.server import MockServer
 
 # How long the self-check connect waits for a SYN-ACK before taking the SYN as dropped.
 _DROP_CHECK_S = 0.3
@@ -35,7 +36,7 @@ def _rst_close(sock: socket.socket) -> None:
     sock.close()
 
 
-class TCPServer:
+class TCPServer(MockServer):
     """A TCP listener on a real socket; see the module docstring for the behaviours."""
 
     BEHAVIOURS: tuple[str, ...] = ("ok", "echo", "silent", "refuse")
@@ -54,15 +55,10 @@ class TCPServer:
             raise ValueError(f"unknown tcp behaviour {behaviour!r} (one of {self.BEHAVIOURS})")
         if options:
             raise ValueError(f"unknown tcp option(s) {', '.join(sorted(options))}")
-        self.behaviour = behaviour
-        self.host = host
-        self.port = port
-        self.name = name
-        self._server: asyncio.Server | None = None
+        super().__init__(host, port)
+        self.behaviour, self.name = behaviour, name
         self._socket: socket.socket | None = None  # the listener (silent) or bound port (refuse)
         self._fillers: list[socket.socket] = []
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -74,8 +70,7 @@ class TCPServer:
         elif self.behaviour == "silent":
             await self._start_silent(family)
         else:
-            self._server = await asyncio.start_server(self._connection, self.host, self.port)
-            self.port = self._server.sockets[0].getsockname()[1]
+            await super().start()
 
     async def _start_silent(self, family: int) -> None:
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -98,45 +93,17 @@ class TCPServer:
         await self.stop()
         raise RuntimeError("could not fill the accept queue: this kernel does not drop SYNs")
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            while data := await reader.read(65536):
-                if self.behaviour == "echo":
-                    writer.write(data)
-                    await writer.drain()
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - a hostile
-            pass  # client must not take the server down; a handler cancelled by stop() just ends
-        finally:
-            self._writers.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self.behaviour == "echo":
+                writer.write(data)
+                await writer.drain()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            if self._tasks:
-                _, pending = await asyncio.wait(set(self._tasks), timeout=1.0)
-                for task in pending:
-                    task.cancel()
-            await self._server.wait_closed()
-            self._server = None
+        await super().stop()
         for filler in self._fillers:
             _rst_close(filler)
         self._fillers.clear()
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
