@@ -93,13 +93,8 @@ class DnsServer(MockServer):
 
     def __init__(self, behaviour: str = "ok", *, host: str = "127.0.0.1", port: int = 0,
                  ca: TestCA | None = None, name: str = "dns.test", **options: Any) -> None:
-        if behaviour not in self.BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r} (one of {', '.join(self.BEHAVIOURS)})")
-        unknown = set(options) - self._OPTIONS
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
-        super().__init__(host, port)
-        self.behaviour, self.name, self.ca = behaviour, name, ca
+        super().__init__(behaviour, host, port, name, options, self._OPTIONS)
+        self.ca = ca
         self.records: dict[str, list[str]] = {
             k.lower().rstrip("."): list(v) for k, v in (options.get("records") or {}).items()}
         self.bogon: str = options.get("bogon", "10.10.34.34")
@@ -174,13 +169,7 @@ class DohServer(MockServer):
 
     def __init__(self, behaviour: str = "ok", *, host: str = "127.0.0.1", port: int = 0,
                  ca: TestCA | None = None, name: str = "doh.test", **options: Any) -> None:
-        if behaviour not in self.BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r} (one of {', '.join(self.BEHAVIOURS)})")
-        unknown = set(options) - self._OPTIONS
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
-        super().__init__(host, port)
-        self.behaviour, self.name = behaviour, name
+        super().__init__(behaviour, host, port, name, options, self._OPTIONS)
         self.ca = ca or TestCA()
         self.records: dict[str, list[str]] = {
             k.lower().rstrip("."): list(v) for k, v in (options.get("records") or {}).items()}

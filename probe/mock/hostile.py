@@ -79,14 +79,7 @@ class HostileServer(MockServer):
 
     def __init__(self, behaviour: str = "endless_body", *, host: str = "127.0.0.1", port: int = 0,
                  ca: TestCA | None = None, name: str = "mock.test", **options: Any) -> None:
-        if behaviour not in self.BEHAVIOURS:
-            raise ValueError(f"unknown hostile behaviour {behaviour!r} (one of "
-                             f"{', '.join(self.BEHAVIOURS)})")
-        unknown = set(options) - self._OPTIONS
-        if unknown:
-            raise ValueError(f"unknown hostile option(s) {', '.join(sorted(unknown))}")
-        super().__init__(host, port)
-        self.behaviour, self.name = behaviour, name
+        super().__init__(behaviour, host, port, name, options, self._OPTIONS)
         self.ca = ca or TestCA()
         self.interval = float(options.get("interval", 1.0))
         self.chain = int(options.get("chain", 120))
@@ -231,13 +224,7 @@ class HostileDnsServer(MockServer):
 
     def __init__(self, behaviour: str = "pointer_loop", *, host: str = "127.0.0.1", port: int = 0,
                  ca: TestCA | None = None, name: str = "dns.mock.test", **options: Any) -> None:
-        if behaviour not in self.BEHAVIOURS:
-            raise ValueError(f"unknown hostile dns behaviour {behaviour!r} (one of "
-                             f"{', '.join(self.BEHAVIOURS)})")
-        if options:
-            raise ValueError(f"unknown hostile dns option(s) {', '.join(sorted(options))}")
-        super().__init__(host, port)
-        self.behaviour, self.name = behaviour, name
+        super().__init__(behaviour, host, port, name, options)
         self.queries = 0
 
     def reply(self, query: bytes, *, over_tcp: bool) -> bytes | None:

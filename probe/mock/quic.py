@@ -74,13 +74,8 @@ class QuicServer(MockServer):
         name: str = "mock.test",
         **options: Any,
     ) -> None:
-        if behaviour not in self.BEHAVIOURS:
-            raise ValueError(f"unknown quic behaviour {behaviour!r} (one of {self.BEHAVIOURS})")
-        unknown = set(options) - {"alpn", "close_code", "close_reason"}
-        if unknown:
-            raise ValueError(f"unknown quic option(s) {', '.join(sorted(unknown))}")
-        super().__init__(host, port)
-        self.behaviour, self.name = behaviour, name
+        super().__init__(behaviour, host, port, name, options,
+                         ("alpn", "close_code", "close_reason"))
         self.ca = ca or TestCA()
         self.alpn: list[str] = list(options.get("alpn", ["h3"]))
         self.close_code: int = int(options.get("close_code", QuicErrorCode.CONNECTION_REFUSED))

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import ssl
+from collections.abc import Iterable
 from typing import Any, Self
 
 log = logging.getLogger(__name__)
@@ -16,22 +17,35 @@ _BIND_TRIES = 20  # UDP port 0 -> that port number on TCP too; retried if TCP ha
 class MockServer:
     """A TCP listener, a UDP endpoint, or both on one port number (port 0: a free one).
 
-    Subclasses call `__init__(host, port)`, set `serves_tcp` / `serves_udp`, and write
-    `_handle(reader, writer)` for a TCP connection, `datagram(data, addr)` for a UDP one.
+    Subclasses call `__init__` (it refuses a behaviour or option they do not know), set
+    `serves_tcp` / `serves_udp`, and write `_handle(reader, writer)` for a TCP connection,
+    `datagram(data, addr)` for a UDP one.
     Whatever a client does, an exception in a handler ends only that connection or datagram,
     and stop() ends every connection still open, so no handler outlives the server.
     """
 
+    BEHAVIOURS: tuple[str, ...] = ()
     serves_tcp: bool = True
     serves_udp: bool = False
     _ssl: ssl.SSLContext | None = None  # TLS done by asyncio itself, before `_handle`
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, behaviour: str, host: str, port: int, name: str, options: dict[str, Any],
+                 known: Iterable[str] = ()) -> None:
+        kind = type(self).__name__
+        if unknown := set(options) - set(known):
+            raise ValueError(f"unknown {kind} option(s) {', '.join(sorted(unknown))}")
+        self.behaviour = self._check(behaviour)
+        self.host, self.port, self.name = host, port, name
         self._tcp: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # connection handlers, ended by stop()
+
+    def _check(self, behaviour: str) -> str:
+        if behaviour not in self.BEHAVIOURS:
+            raise ValueError(f"unknown {type(self).__name__} behaviour {behaviour!r} "
+                             f"(one of {', '.join(self.BEHAVIOURS)})")
+        return behaviour
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -58,14 +58,8 @@ class StunServer(MockServer):
         name: str = "stun.mock.test",
         **options: Any,
     ) -> None:
-        if behaviour not in self.BEHAVIOURS:
-            raise ValueError(f"unknown stun behaviour {behaviour!r} (one of {self.BEHAVIOURS})")
-        unknown = set(options) - set(self.OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown stun option(s) {', '.join(sorted(unknown))}")
+        super().__init__(behaviour, host, port, name, options, self.OPTIONS)
         settings = {**self.OPTIONS, **options}
-        super().__init__(host, port)
-        self.behaviour, self.name = behaviour, name
         self.loss = float(settings["loss"])
         self.delay = float(settings["delay"])
         self.n = int(settings["n"])

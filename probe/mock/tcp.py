@@ -51,12 +51,7 @@ class TCPServer(MockServer):
         name: str = "mock.test",
         **options: Any,
     ) -> None:
-        if behaviour not in self.BEHAVIOURS:
-            raise ValueError(f"unknown tcp behaviour {behaviour!r} (one of {self.BEHAVIOURS})")
-        if options:
-            raise ValueError(f"unknown tcp option(s) {', '.join(sorted(options))}")
-        super().__init__(host, port)
-        self.behaviour, self.name = behaviour, name
+        super().__init__(behaviour, host, port, name, options)
         self._socket: socket.socket | None = None  # the listener (silent) or bound port (refuse)
         self._fillers: list[socket.socket] = []
 

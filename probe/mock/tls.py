@@ -156,15 +156,9 @@ class TLSServer(MockServer):
         name: str = "mock.test",
         **options: Any,
     ) -> None:
-        unknown = set(options) - self._OPTIONS
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
-        self.sni_behaviours: dict[str, str] = dict(options.get("sni_behaviours") or {})
-        for b in (behaviour, *self.sni_behaviours.values()):
-            if b not in self.BEHAVIOURS:
-                raise ValueError(f"unknown behaviour {b!r} (one of {', '.join(self.BEHAVIOURS)})")
-        super().__init__(host, port)
-        self.behaviour, self.name = behaviour, name
+        super().__init__(behaviour, host, port, name, options, self._OPTIONS)
+        self.sni_behaviours: dict[str, str] = {
+            sni: self._check(b) for sni, b in (options.get("sni_behaviours") or {}).items()}
         self.ca = ca or TestCA()
         self.options = options
         self._contexts: dict[str, ssl.SSLContext] = {}
