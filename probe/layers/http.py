@@ -15,7 +15,9 @@ to BYTE_CAP. When the window closes, bytes then silence for at least STALL_FACTO
 `job.timeout` is a `stall`, with the bytes received before it; anything still moving is ok: a
 slow transfer is throttling, judged from its throughput, never a timeout. Gaps are judged only
 at the window's end because a policer's drops can hold TCP silent for longer than a timeout
-(retransmission back-off) on a transfer that then moves on.
+(retransmission back-off) on a transfer that then moves on. Over HTTP/2 the response starts
+with its HEADERS frame, not with the SETTINGS every h2 server sends first, so that neither
+starts the transfer nor counts as its first byte (`ttfb_ms`).
 
 Ends: a whole response closes with FIN; anything else (failed, cut short, capped, truncated,
 cancelled) with RST, so the server stops sending and no state is left behind. A server that
