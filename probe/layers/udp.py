@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 MAX_DATAGRAM = 65535
-DRAIN = 16  # datagrams read per wake-up at most: a flood must not starve the other targets
 
 P = TypeVar("P", bound=asyncio.DatagramProtocol)
 
@@ -38,17 +37,16 @@ class UDPSocket(asyncio.DatagramTransport):
         self._closed = False
 
     def _readable(self) -> None:
-        for _ in range(DRAIN):
-            try:
-                data = self._sock.recv(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # an ICMP error for an earlier datagram
-                self._protocol.error_received(exc)
-                continue
-            self._protocol.datagram_received(data, None)
-            if self._closed:  # the protocol had what it wanted and closed us
-                return
+        # One datagram per wake-up, as asyncio reads: the loop calls again while more wait
+        # (a flood cannot starve other targets), and no extra recv() ends in EAGAIN.
+        try:
+            data = self._sock.recv(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # an ICMP error for an earlier datagram
+            self._protocol.error_received(exc)
+            return
+        self._protocol.datagram_received(data, None)
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closed:
