@@ -114,18 +114,20 @@ async def other_addresses(job: Job, ctx: Context, observation: Observation) -> d
     dead server); all of them dropping points at the name or the whole service. Empty when it
     does not apply: an IP literal, `address:`, a name with a single address, or another failure.
     """
+    if job.target.address or job.endpoint.is_ip:  # one address only: nothing else to try
+        return {}
     tried: list[str] = []
     answers: list[str] = []
     for sample in observation.samples:
         failed = sample.failed
-        if failed is None or failed != ("tcp", failed[1]) or failed[1].failure != TIMEOUT:
+        if failed is None or failed[0] != "tcp" or failed[1].failure != TIMEOUT:
             return {}
         tried.append(str(failed[1].get("address")))
         dns = sample.phases.get("dns")
         if dns is not None:
             answers = [str(a) for a in dns.get("answers") or []]
     others = [a for a in dict.fromkeys(answers) if a not in tried][:OTHER_ADDRESSES_MAX]
-    if job.target.address or not others:
+    if not others:
         return {}
     start = time.perf_counter()
     scratch = [Sample() for _ in others]
