@@ -278,9 +278,10 @@ def judge_subject(subject: Subject, observation: Observation, baseline: Run | No
                   th: Thresholds = DEFAULT) -> TargetResult:
     samples = observation.samples
     base = find_baseline(baseline, subject)
-    verdict = judge_samples(subject, observation, base, th)
     failing = [s for s in samples if not s.ok]
-    shown = next((s for s in failing if sample_reason(s, th) == verdict.reason), None)
+    reasons = [sample_reason(s, th) for s in failing]  # once: the verdict and `shown` both ask
+    verdict = judge_samples(subject, observation, base, th, failing, reasons)
+    shown = next((s for s, r in zip(failing, reasons) if r == verdict.reason), None)
     shown = shown or (failing[0] if failing else samples[0] if samples else None)
     return TargetResult(
         platform=subject.platform, feature=subject.feature, url=subject.url, name=subject.name,
@@ -292,7 +293,9 @@ def judge_subject(subject: Subject, observation: Observation, baseline: Run | No
 
 
 def judge_samples(subject: Subject, observation: Observation, base: TargetResult | None,
-                  th: Thresholds = DEFAULT) -> Verdict:
+                  th: Thresholds, failing: list[Sample], reasons: list[str]) -> Verdict:
+    """The verdict from the samples; `failing` are those that did not work, `reasons` their
+    sample_reason()s, in the same order."""
     samples = observation.samples
     if not samples:
         return Verdict("inconclusive", "target.untestable", "no sample")
@@ -300,20 +303,19 @@ def judge_samples(subject: Subject, observation: Observation, base: TargetResult
     if dns is not None:  # the dns phase carries its own judgement (classify_dns.py)
         verdict = Verdict(*dns)
         return _same_in_baseline(verdict, verdict.reason, base, th)
-    failing = [s for s in samples if not s.ok]
     if not failing:
         verdict = judge_quality(subject, observation, base, th)
         note = classify_dns.note(observation) if base is None else None
         if note and verdict.status == "ok":
             verdict.detail = _join(verdict.detail, note)
         return verdict
-    reasons = Counter(sample_reason(s, th) for s in failing)
-    reason = reasons.most_common(1)[0][0]
-    worst = next(s for s in failing if sample_reason(s, th) == reason)
+    counts = Counter(reasons)
+    reason = counts.most_common(1)[0][0]
+    worst = failing[reasons.index(reason)]
     failed = worst.failed
     assert failed is not None
     detail = describe(*failed)
-    others = ", ".join(f"{r} x{n}" for r, n in reasons.items() if r != reason)
+    others = ", ".join(f"{r} x{n}" for r, n in counts.items() if r != reason)
     if len(failing) < len(samples):  # some samples worked: never blocked (a short outage)
         ok = len(samples) - len(failing)
         return Verdict(
