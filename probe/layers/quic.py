@@ -1,7 +1,7 @@
 """The quic layer: a QUIC handshake over UDP (`quic://HOST[:PORT]`), and a version ping after timeouts.
 
 Strategy: aioquic's sans-I/O `QuicConnection`, driven by a small DatagramProtocol on a connected
-UDP socket of the address's own family. aioquic's stock `connect()` is not used: it reports every
+UDP socket of the address's own family (`layers/udp.py`). aioquic's stock `connect()` is not used: it reports every
 failure as a bare ConnectionError, binds an IPv6 socket that fails where IPv6 is off, and only
 reports a close after the closing period (3 PTO, 100-600 ms). Here every datagram is fed to the
 core and the outcome read at once: HandshakeCompleted, a CONNECTION_CLOSE from the peer, one our
@@ -20,7 +20,6 @@ import functools
 import logging
 import os
 import re
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from probe import failures as F
 from probe.catalog import Job
 from probe.layers import Context
 from probe.layers.dns import resolve
+from probe.layers.udp import open_udp
 from probe.observations import Observation, Phase, Sample
 from probe.wire.quic import (
     LongHeader,
@@ -76,12 +76,11 @@ async def handshake(job: Job, ctx: Context, address: str) -> Phase:
         configuration = _configuration(job, ctx)
     except OSError as exc:  # an unreadable ca_file: nothing was sent
         return Phase(ok=False, failure=F.UNKNOWN, error=f"cannot read a ca_file: {exc}")
-    loop = asyncio.get_running_loop()
     remote = (address, port)
     try:
-        transport, attempt = await loop.create_datagram_endpoint(
+        transport, attempt = open_udp(
             lambda: _Handshake(QuicConnection(configuration=configuration), remote, job.timeout),
-            remote_addr=remote, family=_family(address))
+            address, port)
     except OSError as exc:
         failure, message = F.classify_udp_error(exc)
         return Phase(ok=False, ms=_ms_since(start), failure=failure, error=message)
@@ -347,10 +346,6 @@ def _extra_trust(ca_files: tuple[str, ...], ctx: Context) -> bytes | None:
     return cache[ca_files]
 
 
-def _family(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -392,11 +387,9 @@ async def version_ping(address: str, port: int, timeout: float) -> Phase:
     """Send a reserved-version ping (resent a few times within `timeout`) and wait for a
     Version Negotiation that echoes its CIDs."""
     ping = new_version_ping()
-    loop = asyncio.get_running_loop()
     start = time.perf_counter()
     try:
-        transport, listener = await loop.create_datagram_endpoint(
-            lambda: _PingListener(ping), remote_addr=(address, port), family=_family(address))
+        transport, listener = open_udp(lambda: _PingListener(ping), address, port)
     except OSError as exc:
         failure, message = F.classify_udp_error(exc)
         return Phase(ok=False, ms=_ms_since(start), failure=failure, error=message)
