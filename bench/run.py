@@ -9,7 +9,10 @@ Per layer (tcp, tls, https, stun, quic) the probe's engine runs N targets throug
 a minimal raw-asyncio client (bench/raw.py) does the same operation against the same server
 (bench/servers.py, in a process of its own), rounds interleaved so a busy shared machine hits
 both alike. Each figure is the median of the rounds: operations per second (wall) and the
-client's CPU per operation; `probe/raw` is the goal's ratio (>= 0.8x). Catalog loading is
+client's CPU per operation; `probe/raw` is the goal's ratio (>= 0.8x). `client busy` is each
+client's CPU share of the wall time: well under 100 % means it waited for the server (the
+QUIC server, aioquic on one core, is as slow as its clients), and then the CPU ratio, not the
+rates, says what the probe costs. Catalog loading is
 outside the timed part, each side's per-run setup (SSL contexts) inside. Then whole runs: 1,000
 silent targets against one target's own time, wall time and peak RSS of `probe run` over 100,
 1,000 and 10,000 targets, time to the first result line, and start-up time. Figures are
@@ -154,11 +157,15 @@ def bench_layer(kind: str, loops: list[str]) -> str:
             probe_rate, probe_cpu = median_rate(spec.n, runs["probe"])
             raw_rate, raw_cpu = median_rate(spec.n, runs["raw"])
             ratio = probe_rate / raw_rate
+            # A client busy well under 100 % waited for the server: the rates are the server's.
+            busy = (probe_rate * probe_cpu / 1000, raw_rate * raw_cpu / 1000)
             lines.append(f"{kind:<6} {loop_name:<8} probe {probe_rate:7,.0f}/s {probe_cpu:6.3f} ms CPU"
                          f" | raw {raw_rate:7,.0f}/s {raw_cpu:6.3f} ms CPU"
-                         f" | probe/raw {ratio:4.2f}x (CPU {probe_cpu / raw_cpu:4.2f}x)")
+                         f" | probe/raw {ratio:4.2f}x (CPU {probe_cpu / raw_cpu:4.2f}x)"
+                         f" | client busy {busy[0]:.0%}/{busy[1]:.0%}")
             RATES[(kind, loop_name)] = (probe_rate, raw_rate)
-            goal(f"{kind} probe/raw ({loop_name})", f"{ratio:.2f}x", ">= 0.8x", ratio >= 0.8)
+            goal(f"{kind} probe/raw ({loop_name})",
+                 f"{ratio:.2f}x, CPU/check {probe_cpu / raw_cpu:.2f}x", ">= 0.8x", ratio >= 0.8)
     return "\n".join(lines)
 
 
@@ -393,9 +400,9 @@ def main(argv: list[str]) -> None:
     if RATES:
         print(uvloop_summary(loops))
     if GOALS:
-        print("\ngoal                                 figure     target     met")
+        print("\ngoal                                 figure                       target     met")
         for name, figure, target, met in GOALS:
-            print(f"{name:<36} {figure:>9}  {target:<9}  {'yes' if met else 'NO'}")
+            print(f"{name:<36} {figure:>27}  {target:<9}  {'yes' if met else 'NO'}")
     print(f"\nwhole benchmark: {time.perf_counter() - started:.0f} s", flush=True)
 
 
