@@ -120,12 +120,8 @@ class HostileServer(MockServer):
             await self._trickle_handshake(tls)
             return
         await tls.handshake()
-        request = b""
-        while b"\r\n\r\n" not in request:
-            data = await tls.recv()
-            if not data or len(request) > 65536:
-                return
-            request += data
+        if await tls.read_request() is None:
+            return
         await self._respond(tls, behaviour, peer)  # then close: "connection: close"
 
     async def _trickle_handshake(self, tls: ServerTLS) -> None:

@@ -117,6 +117,16 @@ class ServerTLS:
             except ssl.SSLZeroReturnError:
                 return b""
 
+    async def read_request(self, limit: int = 65536) -> bytes | None:
+        """An HTTP/1.1 request head, or None when the client closed or sent more than `limit`."""
+        request = b""
+        while b"\r\n\r\n" not in request:
+            data = await self.recv()
+            if not data or len(request) > limit:
+                return None
+            request += data
+        return request
+
     def encrypt(self, data: bytes) -> bytes:
         """The TLS record(s) carrying `data`, to be written by the caller."""
         self.tls.write(data)
@@ -241,12 +251,9 @@ class HTTPSServer(TLSServer):
         if tls.tls.selected_alpn_protocol() == "h2":
             await self._serve_h2(tls, behaviour)
             return
-        request = b""
-        while b"\r\n\r\n" not in request:
-            data = await tls.recv()
-            if not data or len(request) > 65536:
-                return
-            request += data
+        request = await tls.read_request()
+        if request is None:
+            return
         path = request.split(b" ", 2)[1].decode("latin-1") if request.count(b" ") >= 2 else "/"
         if behaviour == "forbidden":
             await self._respond(tls, 403, self.BLOCK_PAGE, "text/html")
