@@ -186,3 +186,25 @@ def test_write_atomic_killed_midway_never_leaves_half_a_file(tmp_path: Path) -> 
     proc.communicate()
     if target.exists():
         assert len(json.loads(target.read_text())["targets"]) == 200_000
+
+
+def test_ctrl_c_while_the_cli_loads_is_quiet() -> None:
+    """Ctrl-C before the CLI's modules are in (typer, rich, pydantic take a few hundred ms):
+    exit 130 with one line, never a traceback. The interrupt is raised where it would land,
+    in the import of probe.cli, through the same entry point the `probe` command uses."""
+    script = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'probe.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "sys.argv[0] = 'probe'\n"
+        "from probe.__main__ import main\n"
+        "main()\n")
+    done = subprocess.run([sys.executable, "-c", script, "--help"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "probe: interrupted\n"
+    assert done.stdout == ""
