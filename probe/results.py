@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -139,9 +140,15 @@ def read_run(path: str | Path) -> Run:
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write a file whole or not at all: a temporary file in the same folder, then rename."""
+    """Write a file whole or not at all: a temporary file in the same folder, then rename.
+
+    The temporary file's name carries the writer's process id, so that a later write to the
+    same path removes what a killed writer (kill -9, power loss) left behind.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    _sweep_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -151,3 +158,18 @@ def write_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sweep_orphans(path: Path) -> None:
+    """Remove temporary files of earlier writes to `path` whose writer no longer runs."""
+    prefix = f".{path.name}."
+    for orphan in (path.parent or Path(".")).glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = orphan.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            orphan.unlink(missing_ok=True)
+        except OSError:  # it exists (another user's): not ours to touch
+            pass

@@ -186,6 +186,12 @@ def test_write_atomic_killed_midway_never_leaves_half_a_file(tmp_path: Path) -> 
     proc.communicate()
     if target.exists():
         assert len(json.loads(target.read_text())["targets"]) == 200_000
+    # What the killed writer left behind goes with the next write to the same file; a live
+    # writer's temporary file (here our own process's, faked) is left alone.
+    alive = tmp_path / f".run.json.{os.getppid()}.abc.tmp"
+    alive.write_text("in progress")
+    write_atomic(target, "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "run.json"]
 
 
 def test_ctrl_c_while_the_cli_loads_is_quiet() -> None:
