@@ -80,6 +80,16 @@ def _rows(run: Run, baseline: Run | None) -> list[tuple[str, TargetResult, Targe
     return out
 
 
+# Past this many rows the table lists only the targets that need a look (not ok now, or not ok
+# in the baseline) and counts the rest: nobody reads 10,000 rows, and rendering them took 7 s.
+# -f csv / json / jsonl always list every target.
+TABLE_ROWS = 200
+
+
+def _needs_a_look(t: TargetResult, then: TargetResult | None) -> bool:
+    return t.platform is None or t.status != "ok" or (then is not None and then.status != "ok")
+
+
 def table(run: Run, baseline: Run | None = None, width: int = 160,
           color: bool | None = None) -> str:
     """The report for a terminal; coloured when `color` (default: when stdout is a terminal)."""
@@ -101,8 +111,17 @@ def table(run: Run, baseline: Run | None = None, width: int = 160,
     grid.add_column("RTT", no_wrap=True)
     grid.add_column("rate / loss", no_wrap=True)
     grid.add_column("detail", overflow="fold")
+    rows = _rows(run, baseline)
+    hidden: list[str] = []
+    if len(rows) > TABLE_ROWS:
+        kept = [r for r in rows if _needs_a_look(r[1], r[2])]
+        if len(rows) > len(kept):
+            hidden.append(f"{len(rows) - len(kept):,} ok targets")
+        if len(kept) > TABLE_ROWS:
+            hidden.append(f"{len(kept) - TABLE_ROWS:,} more that are not ok")
+        rows = kept[:TABLE_ROWS]
     last = None
-    for group, t, then in _rows(run, baseline):
+    for group, t, then in rows:
         now_m = metrics_of(t)
         then_m = metrics_of(then) if then is not None else None
         status = Text(f"{MARK.get(t.status, '')} {verdict(t.status, t.reason)}",
@@ -118,7 +137,11 @@ def table(run: Run, baseline: Run | None = None, width: int = 160,
             _side(fmt_flow(now_m), fmt_flow(then_m) if then_m else ("-" if baseline else None)),
             t.detail)
         last = group
-    console.print(grid)
+    if rows:
+        console.print(grid)
+    if hidden:
+        console.print(f"Not listed: {' and '.join(hidden)} (past {TABLE_ROWS} rows the table "
+                      f"shows only targets not ok now or in the baseline; -f csv lists all)")
     if run.interrupted:
         console.print(Text("interrupted: the results above are the targets finished so far",
                            style="yellow"))

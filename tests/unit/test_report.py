@@ -104,3 +104,24 @@ def test_report_against_itself_makes_failures_target_down(saved: tuple[Path, Pat
     result = CliRunner().invoke(app, ["report", str(now), "-b", str(now), "--format", "csv"])
     rows = {r["feature"]: r for r in csv.DictReader(io.StringIO(result.stdout))}
     assert (rows["calls"]["status"], rows["calls"]["reason"]) == ("inconclusive", "target.down")
+
+
+def test_a_big_table_lists_the_targets_that_need_a_look(saved: tuple[Path, Path]) -> None:
+    """Past TABLE_ROWS rows the table keeps the targets not ok (now or in the baseline) and the
+    controls, and says how many it left out; csv still lists every target."""
+    from probe.report.text import TABLE_ROWS
+
+    _, now = runs(saved)
+    ok = next(t for t in now.targets if t.status == "ok")
+    bad = [t for t in now.targets if t.status != "ok"]
+    many = [ok.model_copy(update={"url": f"tcp://192.0.2.10:{1000 + i}"})
+            for i in range(TABLE_ROWS + 50)]
+    big = now.model_copy(update={"targets": [*many, *bad]})
+    text = table(big)
+    assert all(t.url in text for t in bad)
+    assert "192.0.2.10:1000 " not in text and "192.0.2.10:1249" not in text
+    assert f"Not listed: {TABLE_ROWS + 50:,} ok targets" in text
+    rows = list(csv.reader(io.StringIO(render(big, "csv"))))
+    assert len(rows) == 1 + len(now.network.controls) + len(big.targets)
+    small = table(now)  # under the limit: every target, no note
+    assert ok.url in small and "Not listed" not in small
