@@ -80,6 +80,7 @@ def open_udp(protocol_factory: Callable[[], P], address: str, port: int) -> tupl
 
     Raises OSError when the socket cannot be made or connected (no IPv6 here, no route).
     """
+    protocol = protocol_factory()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -88,8 +89,11 @@ def open_udp(protocol_factory: Callable[[], P], address: str, port: int) -> tupl
     except BaseException:
         sock.close()
         raise
-    protocol = protocol_factory()
     transport = UDPSocket(sock, protocol)
-    protocol.connection_made(transport)
     transport._loop.add_reader(sock.fileno(), transport._readable)
+    try:
+        protocol.connection_made(transport)  # may send at once (QUIC's Initial)
+    except BaseException:
+        transport.close()
+        raise
     return transport, protocol
