@@ -1,10 +1,10 @@
 """One run, from a loaded catalog to a judged `Run`: engine, classifier and streaming output.
 
-Controls are queued first. Each target is judged once, as it finishes, while the engine waits on
-the network for the others (judging 1,000 targets at the end cost 6 % of an all-silent run).
-A target finished before the controls are all in waits, so that each JSONL line carries the
-same verdict the final document will (a dead network changes every verdict to inconclusive).
-Cancelling the run keeps what was finished: `finish()` puts it together.
+Controls are queued first. Each target is judged once, as it finishes: streamed output and the
+final document share that verdict (they used to judge every target twice). A target finished
+before the controls are all in waits, so that each JSONL line carries the same verdict the
+final document will (a dead network changes every verdict to inconclusive). Cancelling the run
+keeps what was finished: `finish()` puts it together.
 """
 
 from __future__ import annotations
