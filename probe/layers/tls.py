@@ -290,6 +290,8 @@ async def take_control(job: Job, ctx: Context, address: str, port: int) -> None:
     if control is None:
         task = asyncio.ensure_future(_control_handshake(job, ctx, address, port, sni))
         control = ctx.cache[key] = _Control(task)
+    if control.task.done():  # the common case after the first target: nothing to wait for
+        return
     # Shielded: a sample cancelled by its deadline must not cancel other targets' control.
     with contextlib.suppress(Exception):
         await asyncio.shield(control.task)
