@@ -39,11 +39,13 @@ from probe.metrics import (
 from probe.observations import Observation, Phase, Sample
 from probe.results import (
     FeatureResult,
+    Key,
     NetworkResult,
     PlatformResult,
     Run,
     Status,
     TargetResult,
+    index_targets,
 )
 from probe.thresholds import DEFAULT, Thresholds
 
@@ -199,7 +201,7 @@ class Subject:
         return self.platform is None
 
     @property
-    def key(self) -> tuple[str | None, str | None, str]:
+    def key(self) -> Key:
         return (self.platform, self.feature, self.url)
 
     @property
@@ -230,23 +232,16 @@ def subject_of_result(target: TargetResult) -> Subject:
                    dict(target.expect or {}))
 
 
-def target_key(target: TargetResult) -> tuple[str | None, str | None, str]:
-    """How targets match across runs: platform + feature + url (controls: url alone)."""
-    return (target.platform, target.feature, target.url)
-
-
 # The last few baselines' targets by key: a run of 10,000 targets looks each one up once.
-_INDEXES: list[tuple[Run, int, dict[tuple[str | None, str | None, str], TargetResult]]] = []
+_INDEXES: list[tuple[Run, int, dict[Key, TargetResult]]] = []
 
 
-def _index(baseline: Run) -> dict[tuple[str | None, str | None, str], TargetResult]:
+def _index(baseline: Run) -> dict[Key, TargetResult]:
     size = len(baseline.targets) + len(baseline.network.controls)
     for run, known, index in _INDEXES:
         if run is baseline and known == size:
             return index
-    index = {}
-    for t in [*baseline.network.controls, *baseline.targets]:
-        index.setdefault(target_key(t), t)  # controls have no platform: never a target's key
+    index = index_targets(baseline)
     _INDEXES[:] = [*_INDEXES[-3:], (baseline, size, index)]
     return index
 

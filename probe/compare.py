@@ -18,7 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from probe.metrics import Metrics, metrics_of
-from probe.results import Run, TargetResult
+from probe.report.text import fmt_ms, fmt_rate, verdict
+from probe.results import Key, Run, TargetResult, index_targets
 
 SCHEMA = "probe.compare/1"
 Change = Literal["same", "worse", "better", "changed", "added", "removed"]
@@ -27,9 +28,6 @@ Change = Literal["same", "worse", "better", "changed", "added", "removed"]
 SEVERITY = {"ok": 0, "degraded": 1, "blocked": 2}
 STYLE = {"worse": "bold red", "better": "green", "changed": "yellow", "added": "cyan",
          "removed": "magenta", "same": ""}
-
-Key = tuple[str | None, str | None, str]
-
 
 @dataclass(frozen=True)
 class Row:
@@ -58,24 +56,15 @@ class Row:
         return "changed"
 
 
-def _key(t: TargetResult) -> Key:
-    return (t.platform, t.feature, t.url)
-
-
 def rows(before: Run, after: Run) -> list[Row]:
     """Every target of either run, in the later run's order, then those only in the earlier."""
-    def index(run: Run) -> dict[Key, TargetResult]:
-        return {_key(t): t for t in [*run.network.controls, *run.targets]}
-
-    old, new = index(before), index(after)
+    old, new = index_targets(before), index_targets(after)
     keys = list(new) + [k for k in old if k not in new]
     return [Row(k, (new.get(k) or old[k]).name, old.get(k), new.get(k)) for k in keys]
 
 
 def _verdict(t: TargetResult | None) -> str:
-    if t is None:
-        return "-"
-    return t.status if t.reason == "ok" else f"{t.status} ({t.reason})"
+    return "-" if t is None else verdict(t.status, t.reason)
 
 
 def _side(t: TargetResult | None) -> dict[str, Any] | None:
@@ -133,13 +122,11 @@ def _network(run: Run) -> dict[str, str]:
 
 
 def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+    return fmt_ms(v, unit="", missing="-")
 
 
 def _bps(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v / 1e6:.1f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
+    return fmt_rate(v, mega="M", kilo="k", missing="-")
 
 
 def _pct(v: float | None) -> str:

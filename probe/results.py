@@ -114,6 +114,22 @@ class Run(BaseModel):
 _LISTS = ("targets", "features", "platforms")
 
 
+# How targets match across runs: platform + feature + url (controls: None, None, url).
+Key = tuple[str | None, str | None, str]
+
+
+def target_key(target: TargetResult) -> Key:
+    return (target.platform, target.feature, target.url)
+
+
+def index_targets(run: Run) -> dict[Key, TargetResult]:
+    """A run's controls and targets by key; a url listed twice in a feature matches its first."""
+    index: dict[Key, TargetResult] = {}
+    for t in [*run.network.controls, *run.targets]:
+        index.setdefault(target_key(t), t)  # controls have no platform: never a target's key
+    return index
+
+
 def read_run(path: str | Path) -> Run:
     """Read a saved run (`.json`, or `.jsonl` of target lines); raises ResultFileError."""
     path = Path(path)

@@ -11,13 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from probe.metrics import Metrics, metrics_of
-from probe.results import PlatformResult, Run, TargetResult
+from probe.results import PlatformResult, Run, TargetResult, index_targets
 
 STYLE = {"ok": "green", "degraded": "yellow", "blocked": "bold red", "inconclusive": "magenta"}
 MARK = {"ok": "✔", "degraded": "◐", "blocked": "✘", "inconclusive": "?"}
-
-Key = tuple[str | None, str | None, str]
-
 
 def verdict(status: str, reason: str) -> str:
     return status if reason == "ok" else f"{status} ({reason})"
@@ -38,22 +35,15 @@ def label(t: TargetResult) -> str:
     return f"{t.name} ({t.url})" if t.name else t.url
 
 
-def baseline_index(baseline: Run | None) -> dict[Key, TargetResult]:
-    """The baseline's targets by key (platform, feature, url; controls by url)."""
-    if baseline is None:
-        return {}
-    return {(t.platform, t.feature, t.url): t
-            for t in [*baseline.network.controls, *baseline.targets]}
+def fmt_ms(v: float | None, unit: str = " ms", missing: str = "") -> str:
+    return missing if v is None else f"{v:.0f}{unit}" if v >= 10 else f"{v:.1f}{unit}"
 
 
-def fmt_ms(v: float | None) -> str:
-    return "" if v is None else f"{v:.0f} ms" if v >= 10 else f"{v:.1f} ms"
-
-
-def fmt_rate(v: float | None) -> str:
+def fmt_rate(v: float | None, mega: str = " Mbit/s", kilo: str = " kbit/s",
+             missing: str = "") -> str:
     if v is None:
-        return ""
-    return f"{v / 1e6:.1f} Mbit/s" if v >= 1e6 else f"{v / 1e3:.0f} kbit/s"
+        return missing
+    return f"{v / 1e6:.1f}{mega}" if v >= 1e6 else f"{v / 1e3:.0f}{kilo}"
 
 
 def fmt_flow(m: Metrics) -> str:
@@ -72,7 +62,7 @@ def _side(now: str, then: str | None) -> str:
 
 def _rows(run: Run, baseline: Run | None) -> list[tuple[str, TargetResult, TargetResult | None]]:
     """(group label, target, its baseline target) for controls, then targets."""
-    base = baseline_index(baseline)
+    base = index_targets(baseline) if baseline is not None else {}
     out = []
     for t in [*run.network.controls, *run.targets]:
         group = "(control)" if t.platform is None else f"{t.platform} / {t.feature}"
