@@ -5,10 +5,10 @@ file already holds a line per finished target, each flushed as it came), and the
 130 or 143.
 
 The event loop is asyncio's own unless PROBE_LOOP=uvloop and uvloop is installed (`pip install
-probe[fast]`). uvloop does not pay as the layers are built: they drive sockets through
-loop.sock_connect/sock_recv, which uvloop runs no faster, so bench/run.py measures the probe on
-uvloop at 0.7x to 1.3x of its speed on asyncio's loop depending on layer and run (raw clients on
-transports gain 1.3x to 2.7x). Layers moved to transports and protocols would change that.
+probe[fast]`). It does not pay enough to be the default: the layers drive their own sockets
+(loop.sock_connect/sock_recv, and add_reader for UDP in layers/udp.py), which uvloop runs little
+faster, so bench/run.py measures the probe on uvloop at 0.8x to 1.6x of its speed on asyncio's
+loop depending on layer and run, and the tests and the lab run on asyncio's.
 """
 
 from __future__ import annotations

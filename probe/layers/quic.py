@@ -1,12 +1,12 @@
 """The quic layer: a QUIC handshake over UDP (`quic://HOST[:PORT]`), and a version ping after timeouts.
 
 Strategy: aioquic's sans-I/O `QuicConnection`, driven by a small DatagramProtocol on a connected
-UDP socket of the address's own family (`layers/udp.py`). aioquic's stock `connect()` is not used: it reports every
-failure as a bare ConnectionError, binds an IPv6 socket that fails where IPv6 is off, and only
-reports a close after the closing period (3 PTO, 100-600 ms). Here every datagram is fed to the
-core and the outcome read at once: HandshakeCompleted, a CONNECTION_CLOSE from the peer, one our
-own stack is about to send (certificate verification failed), or an ICMP port unreachable on
-the socket. Only silence waits for the whole timeout.
+UDP socket of the address's own family (`layers/udp.py`). aioquic's stock `connect()` is not used:
+it reports every failure as a bare ConnectionError, binds an IPv6 socket that fails where IPv6 is
+off, and only reports a close after the closing period (3 PTO, 100-600 ms). Here every datagram is
+fed to the core and the outcome read at once: HandshakeCompleted, a CONNECTION_CLOSE from the peer,
+one our own stack is about to send (certificate verification failed), or an ICMP port unreachable
+on the socket. Only silence waits for the whole timeout.
 
 When every sample timed out, `diagnose` sends a reserved-version ping (probe.wire.quic) to the
 same address: a Version Negotiation reply proves QUIC packets get through when they carry no

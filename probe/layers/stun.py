@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import statistics
 import time
 from typing import Any, cast
 
@@ -165,15 +166,6 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def _median(values: list[float]) -> float | None:
-    # statistics.median, without its type dispatch: one answer is the common case.
-    if len(values) < 2:
-        return values[0] if values else None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else round((ordered[mid - 1] + ordered[mid]) / 2, 3)
-
-
 async def exchange(address: str, port: int, count: int, spacing: float, timeout: float,
                    include_ip: bool = False) -> Phase:
     """Send `count` Binding requests `spacing` apart and record what came back."""
@@ -226,7 +218,7 @@ def _phase(
         "icmp_errors": len(protocol.errors),
         "error_responses": len(protocol.error_codes),
         "rtt_ms": rtts,
-        "rtt_median_ms": _median(rtts),
+        "rtt_median_ms": round(statistics.median(rtts), 3) if rtts else None,
         "rtt_min_ms": min(rtts) if rtts else None,
         "pattern": pattern,
         "spacing_ms": _ms(spacing),

@@ -67,7 +67,7 @@ _HEADER = struct.Struct("!HHI12s")
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 _ADDRESS_HEADER = struct.Struct("!BBH")  # reserved, family, port
-_ADDRESS_FAMILIES = {0x01: ipaddress.IPv4Address, 0x02: ipaddress.IPv6Address}
+_ADDRESS_FAMILIES = {0x01: (ipaddress.IPv4Address, 4), 0x02: (ipaddress.IPv6Address, 16)}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _A = TypeVar("_A")
@@ -365,11 +365,8 @@ def _pad(value: bytes) -> bytes:
 
 def encode_message(message: Message) -> bytes:
     """The bytes of a message; a `Fingerprint` attribute, if any, must come last."""
-    attributes = message.attributes
-    if not attributes:  # a Binding request: the stun layer sends one per request
-        return _HEADER.pack(_message_type(message.method, message.cls), 0, MAGIC_COOKIE,
-                            message.transaction_id)
     body = bytearray()
+    attributes = message.attributes
     fingerprint = bool(attributes) and isinstance(attributes[-1], Fingerprint)
     if fingerprint:
         attributes = attributes[:-1]
@@ -418,11 +415,10 @@ def _decode_address(
     if len(value) < 4:
         raise StunCodecError(f"{kind.__name__} shorter than 4 bytes")
     _, family, port = _ADDRESS_HEADER.unpack_from(value)
-    address_type = _ADDRESS_FAMILIES.get(family)
-    if address_type is None:
+    if family not in _ADDRESS_FAMILIES:
         raise StunCodecError(f"{kind.__name__}: unknown address family {family:#x}")
+    address_type, size = _ADDRESS_FAMILIES[family]
     packed = value[4:]
-    size = 4 if family == 0x01 else 16
     if len(packed) != size:
         raise StunCodecError(f"{kind.__name__}: {len(packed)} address bytes for family {family}")
     if kind is XorMappedAddress:

@@ -57,14 +57,6 @@ def judged(censored: bool, started: str) -> Run:
                targets=targets, features=features, platforms=platforms)
 
 
-@pytest.fixture
-def saved(tmp_path: Path) -> tuple[Path, Path]:
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(judged(False, "2026-01-01T00:00:00Z").to_json())
-    b.write_text(judged(True, "2026-01-02T00:00:00Z").to_json())
-    return a, b
-
-
 def test_json_transitions_and_deltas(saved: tuple[Path, Path]) -> None:
     document = json.loads(compare.render(read_run(saved[0]), read_run(saved[1]), "json"))
     assert document["schema"] == "probe.compare/1"

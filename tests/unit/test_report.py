@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_compare import judged
 from typer.testing import CliRunner
 
 from probe.cli import app
@@ -17,14 +16,6 @@ from probe.report.text import table
 from probe.results import Run, read_run
 
 SUMMARY = "WhatsApp: messaging ok · calls blocked (udp.timeout) · media degraded (http.throttled)"
-
-
-@pytest.fixture
-def saved(tmp_path: Path) -> tuple[Path, Path]:
-    base, now = tmp_path / "base.json", tmp_path / "run.json"
-    base.write_text(judged(False, "2026-01-01T00:00:00Z").to_json())
-    now.write_text(judged(True, "2026-01-02T00:00:00Z").to_json())
-    return base, now
 
 
 def runs(saved: tuple[Path, Path]) -> tuple[Run, Run]:
