@@ -124,6 +124,9 @@ class Topology:
         sh(["ip", "route", "add", LAB_NET, "via", CENSOR_SERVER_SIDE], ns=self.server)
         sh(["ip", "route", "add", ELSEWHERE_NET, "via", SERVER_IP], ns=self.censor)
         self.sysctl(self.censor, "net/ipv4/ip_forward", "1")
+        # Linux sends at most 6 ICMP errors in a burst to one host, then 1 a second: tests that
+        # reject with ICMP one after another would see later SYNs time out instead of refused.
+        self.sysctl(self.censor, "net/ipv4/icmp_ratelimit", "0")
         # Byte counters on conntrack entries, for the "freeze after 16 KB" rule.
         Censor(self).apply(nft=["ct state established accept"])  # loads conntrack in this netns
         Censor(self).clear()
