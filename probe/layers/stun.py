@@ -95,8 +95,12 @@ class _Exchange(asyncio.DatagramProtocol):
         self.errors: list[OSError] = []
         self.mapped_address_returned = False
         self.nat: bool | None = None
-        self.mapped: str | None = None
-        self.done = asyncio.Event()
+        self.mapped: tuple[Any, int] | None = None  # (address, port): kept only with --include-ip
+        self.done = self.loop.create_future()  # set when nothing more is worth waiting for
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -132,7 +136,7 @@ class _Exchange(asyncio.DatagramProtocol):
             self.error_codes.append(error.code)  # still an answer: a STUN server is there
         self._compare_mapped(message)
         if self.answered == self.count:
-            self.done.set()
+            self.finish()
 
     def _compare_mapped(self, message: stun.Message) -> None:
         mapped = message.find(stun.XorMappedAddress) or message.find(stun.MappedAddress)
@@ -140,7 +144,7 @@ class _Exchange(asyncio.DatagramProtocol):
             return
         self.mapped_address_returned = True
         if self.nat is None and self.transport is not None:
-            self.mapped = f"{mapped.address}:{mapped.port}"  # kept only with --include-ip
+            self.mapped = (mapped.address, mapped.port)
             local = self.transport.get_extra_info("sockname")
             family = socket.AF_INET6 if mapped.address.version == 6 else socket.AF_INET
             try:  # packed bytes: no parsing of the local address on every answer's path
@@ -153,13 +157,17 @@ class _Exchange(asyncio.DatagramProtocol):
         if isinstance(exc, OSError):
             self.errors.append(exc)
         if len(self.sent_at) == self.count and not self.answered:
-            self.done.set()  # nothing answered and the network says why: stop waiting
+            self.finish()  # nothing answered and the network says why: stop waiting
 
     def pattern(self) -> str:
         return "".join(
             ANSWERED if t is not None else LATE if i in self.late else NOTHING
             for i, t in enumerate(self.answered_at[: len(self.sent_at)])
         )
+
+
+def _address(mapped: tuple[Any, int] | None) -> str | None:
+    return None if mapped is None else f"{mapped[0]}:{mapped[1]}"
 
 
 def _ms(seconds: float) -> float:
@@ -186,12 +194,12 @@ async def exchange(address: str, port: int, count: int, spacing: float, timeout:
             protocol.send()
         # The last request gets its full wait; earlier ones have had theirs already.
         if protocol.errors and not protocol.answered:
-            protocol.done.set()
+            protocol.finish()
+        timer = loop.call_later(timeout, protocol.finish)  # lighter than asyncio.timeout
         try:
-            async with asyncio.timeout(timeout):
-                await protocol.done.wait()
-        except TimeoutError:
-            pass
+            await protocol.done
+        finally:
+            timer.cancel()
     finally:
         transport.close()
     return _phase(protocol, port, spacing, timeout, time.perf_counter() - start, first,
@@ -225,7 +233,7 @@ def _phase(
         "elapsed_ms": _ms(took),
         "mapped_address_returned": protocol.mapped_address_returned,
         # The user's public address: recorded only when they asked for it (--include-ip).
-        **({"mapped_address": protocol.mapped} if include_ip else {}),
+        **({"mapped_address": _address(protocol.mapped)} if include_ip else {}),
         "nat": protocol.nat,
     }
     if protocol.error_codes:
