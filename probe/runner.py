@@ -10,7 +10,6 @@ keeps what was finished: `finish()` puts it together.
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,11 +86,6 @@ class Runner:
     async def run(self) -> None:
         ctx = Context(settings=self.loaded.settings, include_ip=self.include_ip)
         concurrency = self.concurrency or self.loaded.settings.concurrency
-        # What exists now (imports, the catalog: 100,000 objects and more) outlives the run:
-        # frozen, the cyclic collector does not walk it again and again while targets are in
-        # flight (a full pass took 30-50 ms, a sixth of an all-silent 1,000-target run's
-        # overhead). Unfrozen after, so a long `watch` or `serve` process still frees it.
-        gc.freeze()
         try:
             await engine.run(self.jobs, ctx, concurrency=concurrency,
                              on_done=self.add, on_start=self.on_start)
@@ -99,7 +93,6 @@ class Runner:
             self.interrupted = True
             raise
         finally:
-            gc.unfreeze()
             await ctx.aclose()
 
     def finish(self) -> Run:
