@@ -305,7 +305,7 @@ def judge_samples(subject: Subject, observation: Observation, base: TargetResult
             verdict.detail = _join(verdict.detail, note)
         return verdict
     counts = Counter(reasons)
-    reason = counts.most_common(1)[0][0]
+    reason = telling_reason(counts)
     worst = failing[reasons.index(reason)]
     failed = worst.failed
     assert failed is not None
@@ -327,6 +327,20 @@ def judge_samples(subject: Subject, observation: Observation, base: TargetResult
     return _same_in_baseline(verdict, reason, base, th)
 
 
+def telling_reason(counts: Counter[str]) -> str:
+    """The reason a target failed with, from its samples' reasons: the most common, except that
+    silence at a layer (`tcp.timeout`) yields to an answer at the same layer on another attempt
+    (`tcp.reset`, `tcp.unreachable`). A censor's rejects are often rate-limited (Linux sends a
+    host 6 ICMP errors in a burst, then 1 a second), so its other attempts see nothing."""
+    reason = counts.most_common(1)[0][0]
+    layer, _, kind = reason.partition(".")
+    if kind == "timeout" and layer != "target":
+        for other, _ in counts.most_common():  # the most common answer first
+            if other != reason and other.partition(".")[0] == layer:
+                return other
+    return reason
+
+
 def _join(*parts: str | None) -> str:
     return "; ".join(p for p in parts if p)
 
@@ -341,7 +355,7 @@ def baseline_failure(target: TargetResult, th: Thresholds = DEFAULT) -> str | No
         dns = classify_dns.judge(target.observation)
         if dns is not None and dns[0] == "blocked":
             return dns[1]
-        return Counter(sample_reason(s, th) for s in samples).most_common(1)[0][0]
+        return telling_reason(Counter(sample_reason(s, th) for s in samples))
     return target.reason if target.status == "blocked" else None
 
 

@@ -57,6 +57,18 @@ def test_icmp_host_unreachable_is_tcp_unreachable(lab: Lab) -> None:
     expect(lab, run, {"hostunreach": ("blocked", "tcp.unreachable")})
 
 
+def test_rate_limited_icmp_reject_is_still_tcp_unreachable(lab: Lab) -> None:
+    # A censor's rejects are often rate-limited (Linux sends a host 6 ICMP errors, then 1 a
+    # second): here the first SYN is refused and the next two attempts see nothing.
+    rule = _to(lab, "prohibited")
+    run = lab.run(nft=[
+        f"{rule} limit rate 1/minute burst 1 packets reject with icmp type admin-prohibited",
+        f"{rule} drop",
+    ])
+    expect(lab, run, {"prohibited": ("blocked", "tcp.unreachable")})
+    assert "(tcp.timeout x2)" in run.target("prohibited")["detail"]
+
+
 def test_icmp_port_unreachable_to_syn_is_tcp_reset(lab: Lab) -> None:
     # Linux turns ICMP port-unreachable for a SYN into ECONNREFUSED, the same error as a RST
     # (RFC 1122 4.2.3.9), so from the client it is a refusal: tcp.reset.

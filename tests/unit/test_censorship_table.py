@@ -134,6 +134,10 @@ TECHNIQUES: dict[str, tuple[str, Observation, Observation | None, tuple[str, str
     "reject at connect: ICMP prohibited": (
         TCP, obs(*[failing("tcp", "host_unreachable", ms=40.0, address=IP)] * 3), None,
         ("blocked", "tcp.unreachable"), "host_unreachable"),
+    "reject at connect, ICMP rate-limited by the censor's kernel": (
+        TCP, obs(failing("tcp", "host_unreachable", ms=40.0, address=IP),
+                 *[failing("tcp", "timeout", ms=1000.0, address=IP)] * 2),
+        None, ("blocked", "tcp.unreachable"), "tcp.timeout x2"),
     "SNI -> RST": (
         TLS, obs(*[tls_failing("connection_reset")] * 3,
                  sni_control=ph(ms=82.0, sni="example.com", reply="server_hello")),

@@ -182,7 +182,10 @@ SAMPLE_CASES = [
     ([tcp(), tcp(), tcp_fail()], ("degraded", "tcp.timeout")),
     ([tcp(), tcp_fail(), tcp_fail()], ("degraded", "tcp.timeout")),
     ([tcp_fail(), tcp_fail(), tcp_fail()], ("blocked", "tcp.timeout")),
-    ([tcp_fail(), tcp_fail("connection_reset", 30.0), tcp_fail()], ("blocked", "tcp.timeout")),
+    ([tcp_fail("host_unreachable", 30.0), tcp_fail("connection_reset", 30.0),
+      tcp_fail("connection_reset", 30.0)], ("blocked", "tcp.reset")),
+    # Silence yields to an answer at the same layer: a rate-limited reject.
+    ([tcp_fail(), tcp_fail("connection_reset", 30.0), tcp_fail()], ("blocked", "tcp.reset")),
 ]
 
 
@@ -197,7 +200,7 @@ def test_samples_must_agree_to_block(samples: list[Sample], expected: tuple[str,
 
 def test_mixed_failures_are_listed() -> None:
     samples, _ = SAMPLE_CASES[-1]
-    assert "tcp.reset" in judge(TCP, obs(*samples)).detail
+    assert "(tcp.timeout x2)" in judge(TCP, obs(*samples)).detail
 
 
 def test_untestable_is_never_blocked() -> None:
