@@ -276,17 +276,25 @@ def _probe_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "probe"]
 
 
+# Linux keeps a process's peak RSS across exec, and a child forked from this process starts at
+# this process's size (100 MB and more by now): measured directly, every child would weigh at
+# least that. So a small Python in between starts the child and reports its wall time and peak.
+_MEASURED = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+             "code = subprocess.call(sys.argv[2:]); t = time.perf_counter() - t; "
+             "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+             "open(sys.argv[1], 'w').write(f'{t} {peak}'); sys.exit(code)")
+
+
 def _child(argv: list[str]) -> tuple[float, float]:
     """(wall s, peak RSS MB) of a child process."""
-    t0 = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - t0
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode not in (0, 3):  # 3: inconclusive, no controls in a bench catalog
-        raise RuntimeError(f"{argv[:3]} exited {process.returncode}: "
-                           f"{process.stderr.read().decode()[-300:] if process.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024
+    with tempfile.NamedTemporaryFile("r") as figures:
+        done = subprocess.run([sys.executable, "-c", _MEASURED, figures.name, *argv],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if done.returncode not in (0, 3):  # 3: inconclusive, no controls in a bench catalog
+            raise RuntimeError(f"{argv[:3]} exited {done.returncode}: "
+                               f"{done.stderr.decode()[-300:]}")
+        wall, peak = figures.read().split()
+        return float(wall), int(peak) / 1024
 
 
 def bench_scale() -> str:
