@@ -5,11 +5,12 @@ import sys
 
 def main() -> None:
     try:
-        from probe.cli import main as cli_main  # typer, rich, pydantic: a few hundred ms to load
-    except KeyboardInterrupt:  # nothing has run yet, so nothing to keep: no traceback either
-        sys.stderr.write("probe: interrupted\n")
+        from probe.cli import app  # typer, rich, pydantic: a few hundred ms to load
+
+        app()
+    except KeyboardInterrupt:  # while loading, or before a run installed its own handler:
+        sys.stderr.write("probe: interrupted\n")  # nothing to keep, and no traceback
         raise SystemExit(130) from None
-    cli_main()
 
 
 if __name__ == "__main__":

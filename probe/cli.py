@@ -493,11 +493,10 @@ def serve_command(
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:  # Ctrl-C before a run installed its own handler: nothing to keep
-        sys.stderr.write("probe: interrupted\n")
-        raise SystemExit(130) from None
+    """The `probe` command, with probe/__main__.py's Ctrl-C handling."""
+    from probe.__main__ import main as entry
+
+    entry()
 
 
 if __name__ == "__main__":

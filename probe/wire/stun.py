@@ -326,7 +326,7 @@ def _encode_address(attribute: MappedAddress | XorMappedAddress, transaction_id:
     if isinstance(attribute, XorMappedAddress):
         port ^= MAGIC_COOKIE >> 16
         packed = _xor_address(packed, transaction_id)
-    return struct.pack("!BBH", 0, family, port) + packed
+    return _ADDRESS_HEADER.pack(0, family, port) + packed
 
 
 def _encode_text(text: str, what: str) -> bytes:
