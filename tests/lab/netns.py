@@ -8,6 +8,7 @@ runs on one machine never collide, and everything made here is removed by `Topol
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = Path(__file__).resolve().with_name("serve.py")
+NFQUEUE = Path(__file__).resolve().with_name("nfqueue.py")
 TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "iptables": "iptables"}
 
 CLIENT_IP = "10.199.1.2"
@@ -151,6 +153,7 @@ class Censor:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.ns = topology.censor
+        self._queues: list[Queue] = []
 
     def apply(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
               throttle: Sequence[tuple[str, str]] = ()) -> None:
@@ -196,8 +199,25 @@ class Censor:
             classes.append(classid)
         return classes
 
+    def queue(self, match: str | Sequence[str], mode: str, folder: Path, *, bypass: bool = False,
+              **options: Any) -> Queue:
+        """Hand packets matching `match` (nft matches, e.g. `ip daddr 10.199.2.2 udp dport 443`;
+        several for both directions) on the forward path to an NFQUEUE helper (nfqueue.py) in
+        this namespace, in `mode` with `options` (lossjitter: loss, jitter_ms, seed; quic-sni:
+        block). Its summary and stderr go to `folder`. With `bypass`, packets pass while no
+        helper listens; without, they are dropped, so a dead helper cannot pass for a kind one.
+        The helper runs until `clear()` (or the handle's `stop()`)."""
+        matches = [match] if isinstance(match, str) else list(match)
+        handle = Queue(self, next(_QUEUE_NUMBERS), matches, {"mode": mode, **options}, folder,
+                       bypass=bypass)
+        handle.start()
+        self._queues.append(handle)
+        return handle
+
     def clear(self) -> None:
         """Remove every rule and shaper: the path forwards everything again."""
+        while self._queues:
+            self._queues.pop().stop()
         sh(["nft", "delete", "table", "inet", self.TABLE], ns=self.ns, check=False)
         sh(["iptables", "-F", "FORWARD"], ns=self.ns, check=False)
         sh(["tc", "qdisc", "del", "dev", self.topology.censor_to_client, "root"],
@@ -213,6 +233,8 @@ class Censor:
 class Servers:
     """`serve.py` running in a namespace: mock servers started from a spec, until stopped."""
 
+    script = SERVE  # a program speaking serve.py's ready line and stopping at EOF on stdin
+
     def __init__(self, ns: str, spec: dict[str, Any], log: Path) -> None:
         self.ns = ns
         self.spec = spec
@@ -223,13 +245,15 @@ class Servers:
     def start(self, timeout: float = 30.0) -> dict[str, int]:
         with self.log.open("w") as err:
             self._proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, sys.executable, str(SERVE), json.dumps(self.spec)],
+                ["ip", "netns", "exec", self.ns, sys.executable, str(self.script),
+                 json.dumps(self.spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
                 env=_env(),
             )
         ready = self._read_line(timeout)
         if not ready.get("ready"):
-            raise LabError(f"serve.py in {self.ns} failed: {ready.get('error')}\n{self._stderr()}")
+            raise LabError(f"{self.script.name} in {self.ns} failed: {ready.get('error')}\n"
+                           f"{self._stderr()}")
         self.ports = {k: int(v) for k, v in ready["ports"].items()}
         return self.ports
 
@@ -247,11 +271,12 @@ class Servers:
         with selectors.DefaultSelector() as sel:
             sel.register(self._proc.stdout, selectors.EVENT_READ)
             if not sel.select(timeout):
-                raise LabError(f"serve.py in {self.ns} said nothing in {timeout} s\n"
+                raise LabError(f"{self.script.name} in {self.ns} said nothing in {timeout} s\n"
                                f"{self._stderr()}")
         line = self._proc.stdout.readline()
         if not line:
-            raise LabError(f"serve.py in {self.ns} exited: {self._proc.poll()}\n{self._stderr()}")
+            raise LabError(f"{self.script.name} in {self.ns} exited: {self._proc.poll()}\n"
+                           f"{self._stderr()}")
         return dict(json.loads(line))
 
     def _stderr(self) -> str:
@@ -273,6 +298,63 @@ class Servers:
             proc.wait(5)
         if proc.stdout:
             proc.stdout.close()
+
+
+# Queue numbers are per namespace; one count for the whole run keeps every queue distinct anyway.
+_QUEUE_NUMBERS = itertools.count(1)
+
+
+class Queue(Servers):
+    """An NFQUEUE helper (nfqueue.py) in the censor namespace and the rules feeding it.
+
+    This kernel has nft's `queue` statement compiled out (CONFIG_NFT_QUEUE unset: `nft` answers
+    "No such file or directory") but xtables' NFQUEUE target in: so an nft chain in a table of its
+    own marks the matching packets, and an iptables rule in mangle FORWARD queues what carries the
+    mark. The mark is set at a priority before mangle, so the queue sees packets before any rule of
+    `Censor.apply` (filter FORWARD, table probelab) does, and `apply`/`clear` leave it alone.
+    """
+
+    script = NFQUEUE
+    MARK_PRIORITY = "mangle - 10"
+
+    def __init__(self, censor: Censor, number: int, matches: Sequence[str],
+                 mode: dict[str, Any], folder: Path, *, bypass: bool = False) -> None:
+        self.censor = censor
+        self.number = number
+        self.matches = list(matches)
+        self.summary_file = folder / f"nfqueue-{number}.json"
+        self.table = f"{Censor.TABLE}_q{number}"
+        self.target = ["-m", "mark", "--mark", str(number), "-j", "NFQUEUE",
+                       "--queue-num", str(number), *(["--queue-bypass"] if bypass else [])]
+        super().__init__(censor.ns, {"queue": number, "log": str(self.summary_file), **mode},
+                         folder / f"nfqueue-{number}.err")
+
+    def start(self, timeout: float = 30.0) -> dict[str, int]:
+        """Start the helper, then (once it is bound) the rules; the helper's ready line."""
+        ports = super().start(timeout)
+        try:
+            ruleset = "\n".join([
+                f"table inet {self.table} {{", "  chain tag {",
+                f"    type filter hook forward priority {self.MARK_PRIORITY}; policy accept;",
+                *(f"    {match} meta mark set {self.number}" for match in self.matches),
+                "  }", "}", ""])
+            sh(["nft", "-f", "-"], ns=self.ns, stdin=ruleset)
+            sh(["iptables", "-t", "mangle", "-A", "FORWARD", *self.target], ns=self.ns)
+        except BaseException:
+            self.stop()
+            raise
+        return ports
+
+    def stats(self) -> dict[str, Any]:
+        """The helper's summary: seen, accepted, dropped, delayed, held, and the mode's own
+        (for quic-sni `snis`: name -> Initials naming it). Final once stopped."""
+        return dict(json.loads(self.summary_file.read_text()))
+
+    def stop(self) -> None:
+        """Remove the rules, then stop the helper (it passes what it still holds)."""
+        sh(["iptables", "-t", "mangle", "-D", "FORWARD", *self.target], ns=self.ns, check=False)
+        sh(["nft", "delete", "table", "inet", self.table], ns=self.ns, check=False)
+        super().stop()
 
 
 def _env() -> dict[str, str]:
