@@ -30,6 +30,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC_COOKIE",
     "MAX_MESSAGE_SIZE",
+    "OPTIONAL_PADDING",
     "TRANSPORT_UDP",
     "Attribute",
     "Class",
@@ -54,6 +55,7 @@ __all__ = [
     "is_response_to",
     "message_length",
     "new_transaction_id",
+    "pad",
 ]
 
 HEADER_SIZE = 20
@@ -62,14 +64,21 @@ MAX_MESSAGE_SIZE = 65536  # no sane STUN message is bigger; refuse before parsin
 FINGERPRINT_XOR = 0x5354554E  # RFC 8489 section 14.7: "STUN" xor'ed into the CRC-32
 TRANSPORT_UDP = 17  # RFC 8656 section 18.7: IANA protocol number in REQUESTED-TRANSPORT
 MAX_TEXT_BYTES = 763  # RFC 8489 sections 14.8-14.10: REALM, NONCE, SOFTWARE, reason phrase
+# The attribute `pad` fills a message with: unassigned, in the comprehension-optional range
+# (0x8000-0xFFFF), so every RFC 8489 agent must ignore it (section 14). RFC 5780's PADDING
+# (0x0026) is not used: it is comprehension-required, so a server without RFC 5780 must refuse
+# the request (420), and coturn, which implements it, pads its *answer* to the path MTU: a
+# 160-byte request would bring back ~1500 bytes. 0xFF26 echoes 0x0026 in the designated-expert
+# range (0xC000-0xFFFF), far above the values IANA has assigned there (0xC000-0xC071).
+OPTIONAL_PADDING = 0xFF26
 
 _HEADER = struct.Struct("!HHI12s")
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 _ADDRESS_HEADER = struct.Struct("!BBH")  # reserved, family, port
-_ADDRESS_FAMILIES = {0x01: (ipaddress.IPv4Address, 4), 0x02: (ipaddress.IPv6Address, 16)}
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_ADDRESS_FAMILIES: dict[int, tuple[type[IPAddress], int]] = {
+    0x01: (ipaddress.IPv4Address, 4), 0x02: (ipaddress.IPv6Address, 16)}
 _A = TypeVar("_A")
 
 
@@ -274,6 +283,31 @@ def error_response(
     if fingerprint:
         attributes.append(Fingerprint())
     return Message(request.method, Class.ERROR, request.transaction_id, tuple(attributes))
+
+
+def pad(message: Message, size: int) -> Message:
+    """`message` with an OPTIONAL_PADDING attribute of zeros, so that it encodes to exactly
+    `size` bytes (a voice frame's size, say) and stays a request every server answers.
+
+    The attribute goes last, or just before a final FINGERPRINT (which then covers it). An
+    attribute is at least 4 bytes and everything is 4-byte aligned, so `size` must be the
+    message's own size, or at least 4 bytes more and a multiple of 4: StunCodecError otherwise.
+    """
+    natural = len(encode_message(message))
+    extra = size - natural
+    if extra == 0:
+        return message
+    if extra < 4 or extra % 4 or size > MAX_MESSAGE_SIZE:
+        raise StunCodecError(
+            f"cannot pad a {natural}-byte message to {size} bytes: a multiple of 4 from "
+            f"{natural + 4} to {MAX_MESSAGE_SIZE} is needed")
+    padding = UnknownAttribute(OPTIONAL_PADDING, bytes(extra - 4))
+    attributes = message.attributes
+    if attributes and isinstance(attributes[-1], Fingerprint):
+        attributes = (*attributes[:-1], padding, attributes[-1])
+    else:
+        attributes = (*attributes, padding)
+    return Message(message.method, message.cls, message.transaction_id, attributes)
 
 
 def is_response_to(response: Message, request: Message) -> bool:

@@ -277,6 +277,55 @@ def test_responses_answer_their_request() -> None:
                                                          allocate.transaction_id))
 
 
+# --- padding -------------------------------------------------------------------------------
+
+
+def test_padding_is_comprehension_optional_and_unassigned() -> None:
+    # 0x8000-0xFFFF: an agent that does not know it must ignore it (RFC 8489 section 14);
+    # IANA's STUN attribute registry assigns nothing above 0xC071 in that range.
+    assert stun.OPTIONAL_PADDING >= 0xC072
+    assert stun.OPTIONAL_PADDING not in stun.ATTRIBUTE_TYPES.values()
+
+
+def test_pad_a_binding_request_to_a_voice_frame() -> None:
+    request = Message(Method.BINDING, Class.REQUEST, TID, (Fingerprint(),))
+    padded = stun.pad(request, 160)
+    data = encode_message(padded)
+    assert len(data) == 160
+    # header, padding (4 + 128 zeros), then FINGERPRINT over all of it
+    assert data[20:24] == stun.OPTIONAL_PADDING.to_bytes(2, "big") + (128).to_bytes(2, "big")
+    assert data[24:152] == bytes(128)
+    assert data == with_fingerprint(h(f"0001 0084 {COOKIE}") + TID + data[20:152])
+    assert decode_message(data) == padded
+    assert padded.attributes == (UnknownAttribute(stun.OPTIONAL_PADDING, bytes(128)), Fingerprint())
+
+
+def test_pad_without_fingerprint_appends() -> None:
+    allocate = stun.allocate_request(TID)
+    padded = stun.pad(allocate, 64)
+    assert padded.attributes[0] == RequestedTransport(17)
+    assert padded.attributes[1] == UnknownAttribute(stun.OPTIONAL_PADDING, bytes(64 - 28 - 4))
+    assert len(encode_message(padded)) == 64
+
+
+def test_pad_to_its_own_size_changes_nothing() -> None:
+    request = Message(Method.BINDING, Class.REQUEST, TID)
+    assert stun.pad(request, 20) is request
+    assert len(encode_message(stun.pad(request, 24))) == 24  # an empty padding attribute
+
+
+@pytest.mark.parametrize("size", [0, 19, 21, 22, 23, 26, 161, stun.MAX_MESSAGE_SIZE + 4])
+def test_pad_refuses_sizes_stun_cannot_have(size: int) -> None:
+    with pytest.raises(StunCodecError):
+        stun.pad(Message(Method.BINDING, Class.REQUEST, TID), size)
+
+
+def test_pad_up_to_the_largest_message() -> None:
+    padded = stun.pad(Message(Method.BINDING, Class.REQUEST, TID, (Fingerprint(),)),
+                      stun.MAX_MESSAGE_SIZE)
+    assert len(encode_message(padded)) == stun.MAX_MESSAGE_SIZE
+
+
 # --- properties ----------------------------------------------------------------------------
 
 addresses = st.one_of(
