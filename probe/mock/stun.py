@@ -15,6 +15,20 @@ Behaviours (read per request, so they may be switched while running):
               (over TCP only the junk that keeps the framing: STUN frames that fail to decode)
   reveal      echo the client's address everywhere it fits: XOR-MAPPED-ADDRESS, MAPPED-ADDRESS,
               SOFTWARE, REALM, NONCE, the reason phrase (the privacy test checks none leaks)
+  freeze      the TSPU's flow freeze: per flow (client address and port), packets and bytes are
+              counted over both directions; a request that arrives while fewer than `packets`
+              (default 25) packets and `bytes` (default none: no byte limit) UDP payload bytes
+              of its flow have passed is answered, and from the first one that arrives after
+              that, every packet of the flow is dropped. With 25 packets that is 13 answered
+              requests (the 13th is the 25th packet). A new source port starts afresh.
+  gurgle      a call that "gurgles": each request is lost with probability `loss` (default
+              0.15), its answer too (independently: 28 % of round trips lost at 0.15), and a
+              surviving answer is delayed by a uniform 0..`jitter` seconds (default 0.08).
+              Seeded by `seed`, so a given sequence of requests always meets the same fate.
+  ratelimit   a busy public STUN server: per client IP, a steady token bucket of `rate` (default
+              5) requests per second holding one token; a request without a token is ignored.
+Padded requests (wire/stun.py's OPTIONAL_PADDING, as wire/flow.py's StunShape sends them) are
+answered like any other: the padding is comprehension-optional and ignored.
 Over TCP, frames are cut by the STUN length field (RFC 8489 section 6.2.2); a client whose
 bytes do not frame as STUN is disconnected. Every datagram and connection is handled in its
 own try: a hostile client never stops the server.
@@ -26,6 +40,7 @@ import asyncio
 import ipaddress
 import os
 import random
+import time
 from typing import Any, ClassVar
 
 from probe.mock.certs import TestCA
@@ -43,9 +58,12 @@ class StunServer(MockServer):
 
     BEHAVIOURS: tuple[str, ...] = (
         "ok", "silent", "lossy", "delay", "cutoff", "malformed", "turn_401", "bad_request",
-        "flood", "reveal",
+        "flood", "reveal", "freeze", "gurgle", "ratelimit",
     )
-    OPTIONS: ClassVar[dict[str, Any]] = {"loss": 0.3, "seed": 0, "delay": 0.5, "n": 5, "flood": 20, "tcp": True}
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "loss": 0.3, "seed": 0, "delay": 0.5, "n": 5, "flood": 20, "tcp": True,
+        "packets": 25, "bytes": None, "jitter": 0.08, "rate": 5.0,
+    }
     serves_udp = True
 
     def __init__(
@@ -61,20 +79,31 @@ class StunServer(MockServer):
         super().__init__(behaviour, host, port, name, options, self.OPTIONS)
         settings = {**self.OPTIONS, **options}
         self.loss = float(settings["loss"])
+        # A gurgle loses 15 % each way unless told, whatever the behaviour the server started
+        # with (behaviours are switched while running: lossy's 30 % must not leak into it).
+        self.gurgle_loss = float(options.get("loss", 0.15))
         self.delay = float(settings["delay"])
         self.n = int(settings["n"])
         self.flood = int(settings["flood"])
         self.serves_tcp = bool(settings["tcp"])  # option tcp=False: UDP only
+        self.freeze_packets = int(settings["packets"])
+        self.freeze_bytes = None if settings["bytes"] is None else int(settings["bytes"])
+        self.jitter = float(settings["jitter"])
+        self.rate = float(settings["rate"])
         self._random = random.Random(settings["seed"])
         self.requests = 0  # requests decoded, whatever was done with them
         self.clients: set[tuple[str, int]] = set()  # who asked: the tests compare against it
         self._per_client: dict[tuple[str, int], int] = {}
         self._malformed_turn = 0
+        self._flows: dict[tuple[str, int], list[int]] = {}  # freeze: [packets, bytes] passed
+        self._buckets: dict[str, tuple[float, float]] = {}  # ratelimit: IP -> (tokens, when)
 
     # --- what to answer (shared by UDP and TCP) ------------------------------------------
 
-    def answers(self, data: bytes, client: tuple[str, int]) -> list[Answer]:
-        """The datagrams (with delays) that answer `data` from `client` under the behaviour."""
+    def answers(self, data: bytes, client: tuple[str, int],
+                now: float | None = None) -> list[Answer]:
+        """The datagrams (with delays) that answer `data` from `client` under the behaviour;
+        `now` (time.monotonic() unless given) drives the rate limiter."""
         try:
             request = stun.decode_message(data)
         except stun.StunCodecError:
@@ -92,11 +121,23 @@ class StunServer(MockServer):
             return []
         if behaviour == "cutoff" and seen >= self.n:
             return []
+        if behaviour == "freeze" and not self._freeze_passes(client, len(data)):
+            return []
+        if behaviour == "ratelimit" and not self._token(client[0], now):
+            return []
         if behaviour == "malformed":
             return [(0.0, self._malformed(request, client))]
         answer = stun.encode_message(self._response(request, client))
         if behaviour == "delay":
             return [(self.delay, answer)]
+        if behaviour == "freeze":
+            self._freeze_passes(client, len(answer), answer=True)
+        if behaviour == "gurgle":
+            draw = self._random.random
+            loss = self.gurgle_loss
+            if draw() < loss or draw() < loss:  # the request lost, or else its answer
+                return []
+            return [(draw() * self.jitter, answer)]
         if behaviour == "flood":
             return [(0.0, junk) for junk in self._junk(request)] + [(0.0, answer)]
         return [(0.0, answer)]
@@ -120,6 +161,29 @@ class StunServer(MockServer):
             return stun.binding_success(request, address, client[1], software=_SOFTWARE)
         return stun.error_response(request, 401, "Unauthorized", realm=_REALM,
                                    nonce=os.urandom(8).hex(), software=_SOFTWARE)
+
+    def _freeze_passes(self, client: tuple[str, int], size: int, answer: bool = False) -> bool:
+        """Count one packet of `client`'s flow; whether it passes. A request is judged on what
+        passed before it; its answer goes with it (the freeze acts on the next request)."""
+        passed = self._flows.setdefault(client, [0, 0])
+        limit = self.freeze_bytes
+        if not answer and (passed[0] >= self.freeze_packets
+                           or (limit is not None and passed[1] >= limit)):
+            return False  # frozen: nothing passes any more, so the counts stay where they are
+        passed[0] += 1
+        passed[1] += size
+        return True
+
+    def _token(self, address: str, now: float | None) -> bool:
+        """Take a token from `address`'s bucket: `rate` tokens a second, holding one at most."""
+        now = time.monotonic() if now is None else now
+        tokens, then = self._buckets.get(address, (1.0, now))
+        tokens = min(1.0, tokens + max(0.0, now - then) * self.rate)
+        if tokens < 1.0 - 1e-9:  # 0.2 s x 5/s may come out a hair under one token
+            self._buckets[address] = (tokens, now)
+            return False
+        self._buckets[address] = (tokens - 1.0, now)
+        return True
 
     def _malformed(self, request: stun.Message, client: tuple[str, int]) -> bytes:
         good = stun.encode_message(self._response(request, client))
