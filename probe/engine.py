@@ -1,9 +1,12 @@
 """The engine: runs jobs concurrently, bounded, with attempts, deadlines and cancellation.
 
-Scheduling only: which layer measures a target is looked up in `probe.layers`, what the facts
-mean is `classify.py`'s business. A fixed pool of `concurrency` workers pulls jobs from one
-iterator, so N silent targets cost about ceil(N / concurrency) timeouts and memory stays flat
-however long the catalog is. Cancelling the task that awaits `run()` stops every worker; the
+Scheduling only: which layer measures a target comes from a mapping of declared `Layer`s
+(probe/layers/__init__.py; tests pass fake ones), what the facts mean is the classifier's
+business. A fixed pool of `concurrency` workers pulls jobs from one iterator, so N silent
+targets cost about ceil(N / concurrency) timeouts and memory stays flat however long the
+catalog is. Every sample runs under the layer's deadline (`Layer.budget`), so no layer can hold
+a worker past it. Each sample's server-supplied text is scrubbed of the user's address before
+it is kept (probe/scrub.py). Cancelling the task that awaits `run()` stops every worker; the
 observations finished so far have already been handed to `on_done`.
 """
 
@@ -11,88 +14,70 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from probe.layers import Context, Measure, layer_module
-from probe.observations import Observation, Phase, Sample
+from probe import failures as F
+from probe import scrub
+from probe.layers import Context, Layer, LazyLayers
+from probe.observations import DeadlineFacts, Facts, NotBuiltFacts, Observation, Sample
 
 if TYPE_CHECKING:
     from probe.catalog import Job
 
 OnStart = Callable[["Job"], None]
 OnDone = Callable[["Job", Observation], None]
-Diagnose = Callable[["Job", Context, Observation], Awaitable[dict[str, Phase]]]
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """What the engine needs of a layer module, looked up once per scheme and run."""
-
-    measure: Measure
-    budget: Callable[[Job], float] | None
-    diagnose: Diagnose | None
-    rounds_once: bool  # the layer sends `attempts` requests in one exchange (stun)
+def sample_budget(job: Job, layer: Layer | None) -> float:
+    """The most one sample may take before the engine gives up on it (a safety net only)."""
+    return layer.budget(job) if layer is not None else job.timeout * 6 + 1.0
 
 
-_LAYERS: dict[str, _Layer | None] = {}
+def _layer(layers: Mapping[str, Layer], scheme: str) -> Layer | None:
+    try:
+        return layers[scheme]
+    except (KeyError, ModuleNotFoundError):
+        return None
 
 
-def _layer(scheme: str) -> _Layer | None:
-    # A dict lookup per job instead of importlib's per call: it showed in profiles of big runs.
-    if scheme not in _LAYERS:
-        module = layer_module(scheme)
-        _LAYERS[scheme] = None if module is None else _Layer(
-            measure=module.measure,
-            budget=getattr(module, "budget", None),
-            diagnose=getattr(module, "diagnose", None),
-            rounds_once=getattr(module, "MEASURES_ATTEMPTS", False),
-        )
-    return _LAYERS[scheme]
-
-
-def sample_budget(job: Job, layer: _Layer | None = None) -> float:
-    """The most one sample may take before the engine gives up on it (a safety net only).
-
-    Layers bound each operation by `job.timeout` themselves; a sample runs at most a handful of
-    operations (dns, connect, handshake, request, a diagnosis step), plus a sustained exchange.
-    """
-    layer = layer or _layer(job.endpoint.scheme)
-    if layer is not None and layer.budget is not None:
-        return float(layer.budget(job))
-    return job.timeout * 6 + 1.0
-
-
-async def measure(job: Job, ctx: Context) -> Observation:
+async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = None
+                  ) -> Observation:
     """All samples of one job, one after another (never in parallel: a censor's residual
     state from one attempt must not be blamed on, or hidden by, a simultaneous one)."""
     scheme = job.endpoint.scheme
-    layer = _layer(scheme)
+    layer = _layer(layers if layers is not None else _DEFAULT, scheme)
     observation = Observation()
     if layer is None:
-        phase = Phase(ok=False, failure="not_implemented", error=f"the {scheme} layer is not built")
-        observation.samples.append(Sample(phases={scheme: phase}))
+        observation.samples.append(Sample(phases={"not_built": NotBuiltFacts(
+            ok=False, failure=F.NOT_IMPLEMENTED, error=f"the {scheme} layer is not built")}))
         return observation
     # A layer that sends `attempts` requests in one exchange (stun) is called once.
-    rounds = 1 if layer.rounds_once else job.attempts
+    rounds = 1 if layer.one_exchange else job.attempts
     budget = sample_budget(job, layer)
+    clean = None if ctx.include_ip else ctx.scrubber
     for _ in range(rounds):
         try:
             async with asyncio.timeout(budget):
                 sample = await layer.measure(job, ctx)
         except TimeoutError:
-            sample = Sample(phases={"deadline": Phase(
-                ok=False, ms=budget * 1000, failure="timeout",
+            sample = Sample(phases={"deadline": DeadlineFacts(
+                ok=False, ms=budget * 1000, failure=F.TIMEOUT,
                 error=f"no result within the {budget:.1f} s deadline")})
-        observation.samples.append(sample)
+        observation.samples.append(sample.scrubbed(clean) if clean is not None else sample)
     if layer.diagnose is not None and not any(s.ok for s in observation.samples):
+        steps: list[Facts]
         try:
             async with asyncio.timeout(budget):
-                observation.diagnosis.update(await layer.diagnose(job, ctx, observation))
+                steps = await layer.diagnose(job, ctx, observation)
         except TimeoutError:
-            observation.diagnosis["deadline"] = Phase(ok=False, failure="timeout")
+            steps = [DeadlineFacts(ok=False, failure=F.TIMEOUT)]
+        for step in steps:
+            observation.diagnosis[step.KEY] = step.scrubbed(clean) if clean is not None else step
     return observation
+
+
+_DEFAULT = LazyLayers()
 
 
 async def run(
@@ -102,17 +87,22 @@ async def run(
     concurrency: int,
     on_done: OnDone,
     on_start: OnStart | None = None,
+    layers: Mapping[str, Layer] | None = None,
 ) -> None:
-    """Measure every job with at most `concurrency` in flight; report each through `on_done`."""
+    """Measure every job with at most `concurrency` in flight; report each through `on_done`.
+    `layers`: the layer of each scheme (default: the real ones, imported as needed)."""
     queue = iter(jobs)
+    chosen = layers if layers is not None else _DEFAULT
 
     async def worker() -> None:
         for job in queue:  # a shared iterator: each job is taken by exactly one worker
             if on_start:
                 on_start(job)
-            observation = await measure(job, ctx)
+            observation = await measure(job, ctx, chosen)
             on_done(job, observation)
 
+    # The run's own addresses and ports, for the scrubber, whatever code opens a socket.
+    token = scrub.CURRENT.set(ctx.scrubber)
     # What exists now (imports, the catalog: 100,000 objects and more) outlives the run: frozen,
     # the cyclic collector does not walk it again and again while targets are in flight (a full
     # pass took 30-50 ms, a sixth of an all-silent 1,000-target run's overhead; ~10 % of a
@@ -124,3 +114,4 @@ async def run(
                 group.create_task(worker())
     finally:
         gc.unfreeze()
+        scrub.CURRENT.reset(token)

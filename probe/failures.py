@@ -25,6 +25,9 @@ PORT_UNREACHABLE = "port_unreachable"  # ICMP port unreachable on a connected UD
 ADDRESS_UNAVAILABLE = "address_unavailable"  # no route/address of this family on this host
 UNTRUSTED_CERTIFICATE = "untrusted_certificate"
 HOSTNAME_MISMATCH = "hostname_mismatch"
+# A certificate OpenSSL accepted that no X.509 parser should (version byte 5, ...): a hostile
+# server's, or an interceptor's; no standard client would take it.
+MALFORMED_CERTIFICATE = "malformed_certificate"
 TLS_ALERT = "tls_alert"
 PROTOCOL_ERROR = "protocol_error"
 NXDOMAIN = "nxdomain"
@@ -62,6 +65,8 @@ ERRNO_FACTS: dict[int, str] = {
     errno.ENOBUFS: LOCAL_LIMIT,
     errno.EAGAIN: LOCAL_LIMIT,  # a UDP send the host's buffers could not take (layers/udp.py)
     errno.ENOMEM: LOCAL_LIMIT,
+    errno.EMSGSIZE: LOCAL_LIMIT,  # a datagram larger than this host's path allows
+    errno.EADDRINUSE: LOCAL_LIMIT,  # no free source port
 }
 
 

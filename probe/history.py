@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from probe.errors import ProbeError
+from probe.errors import HistoryError
 from probe.metrics import metrics_of
 from probe.results import Run, TargetResult
 
@@ -80,10 +80,6 @@ CREATE TABLE IF NOT EXISTS features (
     PRIMARY KEY (run_id, platform, feature)
 );
 """
-
-
-class HistoryError(ProbeError):
-    """A history database that cannot be opened, read or written."""
 
 
 # --- where ---------------------------------------------------------------------------------

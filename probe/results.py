@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -131,41 +132,137 @@ def index_targets(run: Run) -> dict[Key, TargetResult]:
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a saved run (`.json`, or `.jsonl` of target lines); raises ResultFileError."""
+    """Read a saved run (`.json`, or `.jsonl` records); raises ResultFileError with one line
+    for anything that is not one (binary, another program's JSON, a damaged or cut file)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ResultFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ResultFileError(f"{path}: not a result file (not UTF-8 text)") from None
     try:
-        if path.suffix == ".jsonl":
-            targets = [TargetResult.model_validate_json(line) for line in text.splitlines() if line]
-            return Run(
-                probe_version="?", started_at="", finished_at="",
-                catalog=CatalogRef(path=str(path), sha256=""),
-                network=NetworkResult(status="ok"), targets=targets,
-            )
-        document = json.loads(text)
-        if document.get("schema") != SCHEMA:
+        if path.suffix == ".jsonl" or (text[:1] == "{" and text.lstrip("{ ").startswith(
+                '"record"')):
+            return parse_jsonl(text, str(path))
+        document = _json(text)
+        if not isinstance(document, dict) or document.get("schema") != SCHEMA:
             raise ResultFileError(f"{path}: not a {SCHEMA} document")
         document["schema_"] = document.pop("schema")
         return Run.model_validate(document)
-    except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()[0]
+    except ResultFileError:
+        raise
+    except (ValueError, ValidationError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ResultFileError(f"{path}: not a valid result file: {first}") from None
+
+
+def _json(text: str) -> Any:
+    """JSON as the probe writes it: no NaN or Infinity (they would poison every comparison)."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a number a result file holds")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# --- JSONL: a record per line; target lines as the targets finish ------------------------------
+#
+# {"record": "run", "schema": "probe.run/1", "probe_version": ..., "started_at": ..., ...}
+# {...one target, the same object as an element of the JSON document's `targets`...}
+# {"record": "network", "status": ..., "reason": ..., "detail": ..., "controls": [...]}
+# {"record": "feature", ...one element of `features`...}
+# {"record": "platform", ...one element of `platforms`...}
+# {"record": "end", "finished_at": ..., "interrupted": false, "targets": N}
+#
+# Target lines keep the shape they always had (no "record" key). The end record is written
+# last, also when a signal stops the run: a file without it was cut (kill -9, a full disk).
+
+_HEAD = ("probe_version", "started_at", "catalog", "baseline")
+
+
+def jsonl_head(run: Run) -> str:
+    head = run.model_dump(mode="json", include=set(_HEAD))
+    return json.dumps({"record": "run", "schema": SCHEMA, **head}, ensure_ascii=False)
+
+
+def jsonl_target(target: TargetResult) -> str:
+    return target.model_dump_json()
+
+
+def jsonl_tail(run: Run) -> list[str]:
+    """The records after the targets: the network, features, platforms, and the end."""
+    def record(kind: str, model: BaseModel) -> str:
+        return json.dumps({"record": kind, **model.model_dump(mode="json")}, ensure_ascii=False)
+
+    return [record("network", run.network), *(record("feature", f) for f in run.features),
+            *(record("platform", p) for p in run.platforms),
+            json.dumps({"record": "end", "finished_at": run.finished_at,
+                        "interrupted": run.interrupted, "targets": len(run.targets)})]
+
+
+def jsonl_lines(run: Run) -> list[str]:
+    """A whole run as JSONL records (what `-f jsonl` prints)."""
+    return [jsonl_head(run), *(jsonl_target(t) for t in run.targets), *jsonl_tail(run)]
+
+
+def parse_jsonl(text: str, path: str) -> Run:
+    """A run from JSONL records; a file of target lines only (an older version's) or one cut
+    before its end record reads too, the cut one marked interrupted."""
+    head: dict[str, Any] = {}
+    targets: list[TargetResult] = []
+    network: NetworkResult | None = None
+    features: list[FeatureResult] = []
+    platforms: list[PlatformResult] = []
+    end: dict[str, Any] | None = None
+    lines = [line for line in text.splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            item = _json(line)
+        except ValueError:
+            if number == len(lines) and end is None:
+                break  # a last line torn by a writer that died: the file was cut there
+            raise
+        if not isinstance(item, dict):
+            raise ValueError(f"line {number} is not a JSON object")
+        kind = item.pop("record", None)
+        if kind is None:
+            targets.append(TargetResult.model_validate(item))
+        elif kind == "run":
+            head = item
+        elif kind == "network":
+            network = NetworkResult.model_validate(item)
+        elif kind == "feature":
+            features.append(FeatureResult.model_validate(item))
+        elif kind == "platform":
+            platforms.append(PlatformResult.model_validate(item))
+        elif kind == "end":
+            end = item
+    complete = end is not None
+    return Run(
+        probe_version=str(head.get("probe_version", "?")),
+        started_at=str(head.get("started_at", "")),
+        finished_at=str((end or {}).get("finished_at", "")),
+        catalog=CatalogRef.model_validate(head.get("catalog") or {"path": path, "sha256": ""}),
+        baseline=head.get("baseline"),
+        interrupted=bool((end or {}).get("interrupted")) or (bool(head) and not complete),
+        network=network or NetworkResult(status="ok", detail="not recorded"),
+        targets=targets, features=features, platforms=platforms,
+    )
 
 
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a file whole or not at all: a temporary file in the same folder, then rename.
 
     The temporary file's name carries the writer's process id, so that a later write to the
-    same path removes what a killed writer (kill -9, power loss) left behind.
+    same path removes what a killed writer (kill -9, power loss) left behind. The file gets
+    the mode any new file of the user's gets (the umask), not the temporary file's 0600.
     """
     path = Path(path)
     _sweep_orphans(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
                                dir=path.parent or ".")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -189,3 +286,43 @@ def _sweep_orphans(path: Path) -> None:
             orphan.unlink(missing_ok=True)
         except OSError:  # it exists (another user's): not ours to touch
             pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+class JsonlWriter:
+    """A JSONL file written a whole line at a time: a line is whole or absent, never torn.
+
+    A write the disk cannot take (ENOSPC, EIO) is undone to the last whole line and ends the
+    writing; `error` says why, and the run goes on (its report still reaches stdout).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: str | None = None
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._size = 0
+
+    def write(self, line: str) -> None:
+        if self._fd is None or self.error is not None:
+            return
+        data = (line + "\n").encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            self._size += len(data)
+        except OSError as exc:
+            self.error = f"{self.path}: {exc.strerror or exc}"
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # take back a partly written line
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None

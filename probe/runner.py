@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from probe import __version__, classify, engine
 from probe.catalog import Job, LoadedCatalog
+from probe.classify import Baseline
 from probe.layers import Context
 from probe.observations import Observation
 from probe.results import CatalogRef, NetworkResult, Run, TargetResult
@@ -45,6 +46,7 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.jobs = list(self.loaded.jobs(self.only))
+        self._baseline = Baseline.of(self.baseline, self.baseline_path)
         self._controls_left = sum(1 for j in self.jobs if j.is_control)
         self._held: list[TargetResult] = []
         self._network: NetworkResult | None = None
@@ -61,7 +63,7 @@ class Runner:
 
     def add(self, job: Job, observation: Observation) -> None:
         """One finished target: judged now, streamed when the network is known."""
-        result = classify.judge_target(job, observation, baseline=self.baseline)
+        result = classify.judge_target(job, observation, self._baseline)
         self.done.append((job, result))
         if job.is_control:
             self._controls_left -= 1
@@ -78,10 +80,9 @@ class Runner:
 
     def _emit(self, result: TargetResult) -> None:
         if self.on_target is not None:
-            shown = result.model_copy()  # the network's mark goes on the copy, as in finish()
             if self._network is not None:
-                classify.apply_network(self._network, [shown])
-            self.on_target(shown)
+                result = classify.network.in_light_of(self._network, result)
+            self.on_target(result)
 
     async def run(self) -> None:
         ctx = Context(settings=self.loaded.settings, include_ip=self.include_ip)
@@ -100,8 +101,7 @@ class Runner:
         order = {id(j): i for i, j in enumerate(self.jobs)}
         done = sorted(self.done, key=lambda jr: order[id(jr[0])])
         controls = [r for j, r in done if j.is_control]
-        # Copies: judge_groups marks targets in the light of the network; `done` stays as judged.
-        targets = [r.model_copy() for j, r in done if not j.is_control]
+        targets = [r for j, r in done if not j.is_control]
         network, targets, features, platforms = classify.judge_groups(
             classify.judge_network(controls), targets, self.needs, self.names)
         return Run(

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from probe import loop
 from probe.catalog import LoadedCatalog
 from probe.results import Run
 from probe.runner import Runner
@@ -133,7 +134,7 @@ def run_repeatedly(
             stopper.remove()
         return done, stopper.signum
 
-    return asyncio.run(main())
+    return loop.run(main())
 
 
 # --- what `probe watch` and `probe run --repeat` do around the loop ------------------------

@@ -36,7 +36,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from probe.history import CONTROL, metrics_of
+from probe.history import CONTROL
+from probe.metrics import metrics_of
 from probe.results import Run, TargetResult
 
 STATUS_VALUE = {"ok": 0, "degraded": 1, "blocked": 2, "inconclusive": 3}

@@ -3,50 +3,24 @@
 SIGINT and SIGTERM cancel the run; everything finished so far is judged and written (the JSONL
 file already holds a line per finished target, each flushed as it came), and the caller exits
 130 or 143.
-
-The event loop is asyncio's own unless PROBE_LOOP=uvloop and uvloop is installed (`pip install
-probe[fast]`). It does not pay enough to be the default: the layers drive their own sockets
-(loop.sock_connect/sock_recv, and add_reader for UDP in layers/udp.py), which uvloop runs little
-faster, so bench/run.py measures the probe on uvloop at 0.8x to 1.6x of its speed on asyncio's
-loop depending on layer and run, and the tests and the lab run on asyncio's.
+The event loop is started by probe/loop.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar, cast
+from typing import IO, Any, NoReturn
 
+from probe import loop
 from probe.catalog import LoadedCatalog, parse_duration
 from probe.report import jsonl_line
 from probe.results import Run, TargetResult, write_atomic
 from probe.runner import Runner
-
-T = TypeVar("T")
-LoopFactory = Callable[[], asyncio.AbstractEventLoop]
-
-
-def loop_factory() -> LoopFactory | None:
-    """uvloop's loop factory when asked for (PROBE_LOOP=uvloop) and importable; None: asyncio's."""
-    if os.environ.get("PROBE_LOOP", "").lower() != "uvloop":
-        return None
-    try:
-        uvloop = importlib.import_module("uvloop")  # an optional extra: no import at the top
-    except ImportError:
-        return None
-    return cast(LoopFactory, uvloop.new_event_loop)
-
-
-def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run on the chosen loop (3.11 has asyncio.Runner, not asyncio.run's loop_factory)."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(main)
 
 
 def override_settings(
@@ -162,7 +136,7 @@ def run_once(
                         baseline_path=baseline_path, on_target=on_target,
                         concurrency=concurrency)
         progress = Progress(len(runner.jobs)) if not quiet else None
-        signum = run_async(_run_with_signals(runner, progress))
+        signum = loop.run(_run_with_signals(runner, progress))
         result = runner.finish()
     if output is not None and output.suffix != ".jsonl":
         write_atomic(output, result.to_json())

@@ -1,28 +1,44 @@
-"""The layers: one module per scheme, each `async def measure(job, ctx) -> Sample`.
+"""The layers: one module per scheme, each exporting one declared `LAYER` (a `Layer`).
 
-A layer measures every layer below it too (https: dns -> tcp -> tls -> http), recording each as a
-Phase of the sample and stopping at the first failure. Layers own their per-operation timeouts
-(`job.timeout` for each connect, handshake, query or wait); the engine owns attempts, concurrency
-and cancellation. Modules are imported only when a scheme is used, so start-up stays fast.
+A layer measures every layer below it too (https: dns -> tcp -> tls -> http), recording each
+layer's typed facts in the sample and stopping at the first failure. Layers own their
+per-operation timeouts (`job.timeout` for each connect, handshake, query or wait); the engine
+owns attempts, concurrency, deadlines and cancellation, and knows a layer only through its
+`Layer`: how to measure, the most one sample may take, the diagnosis steps to take after every
+sample failed, and whether its attempts are one exchange. Modules are imported only when a
+scheme is used (`LazyLayers`), so start-up stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from probe.scrub import Scrubber
 
 if TYPE_CHECKING:
     from probe.catalog import Job, Settings
-    from probe.observations import Sample
+    from probe.observations import Facts, Observation, Sample
 
 Measure = Callable[["Job", "Context"], Awaitable["Sample"]]
+Diagnose = Callable[["Job", "Context", "Observation"], Awaitable["list[Facts]"]]
 
-# scheme -> module under probe.layers
-LAYERS = {
+
+@dataclass(frozen=True)
+class Layer:
+    """Everything the engine knows of a layer."""
+
+    measure: Measure
+    budget: Callable[[Job], float]  # seconds one sample may take (the engine's safety net)
+    diagnose: Diagnose | None = None  # steps after every sample failed, keyed by their KEY
+    one_exchange: bool = False  # the `attempts` are requests of one exchange (stun, turn)
+
+
+# scheme -> module under probe.layers that exports LAYER
+MODULES = {
     "dns": "dns",
     "tcp": "tcp",
     "tls": "tls",
@@ -33,14 +49,29 @@ LAYERS = {
 }
 
 
-def layer_module(scheme: str) -> ModuleType | None:
-    """The module measuring a scheme, or None when that layer is not built."""
-    try:
-        return importlib.import_module(f"probe.layers.{LAYERS[scheme]}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("probe.layers."):
-            return None
-        raise
+class LazyLayers(Mapping[str, Layer]):
+    """The layers by scheme, each module imported the first time its scheme is asked for."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Layer] = {}
+
+    def __getitem__(self, scheme: str) -> Layer:
+        layer = self._loaded.get(scheme)
+        if layer is None:
+            module = importlib.import_module(f"probe.layers.{MODULES[scheme]}")
+            layer = self._loaded[scheme] = module.LAYER
+        return layer
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(MODULES)
+
+    def __len__(self) -> int:
+        return len(MODULES)
+
+
+# A name nobody blocks: IANA's reserved example domain (RFC 2606), for the SNI controls of the
+# tls and quic layers. Override with `settings.control_sni` when a network treats it specially.
+DEFAULT_CONTROL_SNI = "example.com"
 
 
 @dataclass
@@ -49,8 +80,13 @@ class Context:
 
     settings: Settings
     include_ip: bool = False  # the user asked to keep addresses that could identify them
+    scrubber: Scrubber = field(default_factory=Scrubber)  # knows this run's own addresses
     _ssl: dict[tuple[Any, ...], ssl.SSLContext] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # per-run caches owned by layers
+
+    @property
+    def control_sni(self) -> str:
+        return self.settings.control_sni or DEFAULT_CONTROL_SNI
 
     def ssl_context(
         self, ca_files: tuple[str, ...] = (), *, verify: bool = True, alpn: tuple[str, ...] = ()

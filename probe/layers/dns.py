@@ -17,59 +17,42 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-
 from probe import failures as F
-from probe.catalog import Job, Settings, is_ip_literal, split_host_port
-from probe.classify_dns import is_bogon, is_public_name, shares_address
+from probe.catalog import Job, Settings, split_host_port
 from probe.failures import Failed, classify_exception, classify_udp_error
-from probe.layers import Context
+from probe.layers import Context, Layer
 from probe.layers.udp import open_udp
-from probe.observations import Phase, Sample
+from probe.observations import DnsFacts, Sample
+from probe.wire.dns import (
+    RDTYPES,
+    Reply,
+    frame_tcp,
+    is_bogon,
+    is_public_name,
+    make_query,
+    parse_reply,
+    shares_address,
+    system_nameservers,
+)
 
 if TYPE_CHECKING:
     import httpx  # imported where used: ~90 ms, needed only when a DoH cross-check is set
 
 INJECTION_WINDOW = 0.2  # seconds to keep listening after the first UDP reply
+# A query unanswered after these many seconds (from the first send) goes again, as stub
+# resolvers retransmit: a lost datagram (a second's outage) is not a failed lookup.
+RETRANSMIT_AT = (1.0, 3.0)
 CERT_PORT = 443  # where an answer is asked for a certificate, unless the target is tls/https
 RESOLV_CONF = "/etc/resolv.conf"
 DOH_TYPE = "application/dns-message"  # RFC 8484 section 6
-_RDTYPES = ("A", "AAAA")
 _DOH_KEY = "dns.doh"
+_MAX_TCP_MESSAGES = 16  # a TCP peer sending other replies than ours: judged talking nonsense
 _CERT_KEY = "dns.certificates"
 _RESOLVER_KEY = "dns.resolver"
-_RCODE_FACTS = {"NXDOMAIN": F.NXDOMAIN, "SERVFAIL": F.SERVFAIL, "REFUSED": F.REFUSED}
-
-
-@dataclass
-class Reply:
-    """What one DNS reply said: its rcode, the addresses it gave, their lowest TTL."""
-
-    rcode: str
-    addresses: list[str]
-    ttl: int | None = None
-    truncated: bool = False
-
-    def same_as(self, other: Reply) -> bool:
-        return self.rcode == other.rcode and set(self.addresses) == set(other.addresses)
-
-    @property
-    def failure(self) -> str | None:
-        """The failure fact this reply amounts to, or None when it gave addresses."""
-        if self.addresses:
-            return None
-        if self.rcode == "NOERROR":
-            return F.NO_ANSWER
-        return _RCODE_FACTS.get(self.rcode, F.SERVFAIL)  # FORMERR, NOTIMP...: the rcode tells
 
 
 @dataclass
@@ -83,55 +66,14 @@ class Lookup:
     later: Reply | None = None  # a second, different reply to the same query: injection
     truncated: bool = False
     ms: float | None = None  # until the first reply (or the failure), not the listening after it
+    queries: int = 1
 
     @property
     def outcome(self) -> str | None:
         return self.reply.failure if self.reply is not None else self.failure
 
 
-# --- messages (dnspython: wire format only) ----------------------------------------------
-
-
-def make_query(name: str, rdtype: str) -> dns.message.Message:
-    return dns.message.make_query(name, rdtype)
-
-
-def parse_reply(wire: bytes, query: dns.message.Message) -> Reply | None:
-    """The reply in `wire` if it answers `query`; None for garbage or someone else's reply."""
-    try:
-        message = dns.message.from_wire(wire)
-        if not query.is_response(message):
-            return None
-    except (dns.exception.DNSException, ValueError, IndexError, KeyError):
-        return None  # a hostile or broken peer's bytes: not a reply
-    addresses: list[str] = []
-    ttls: list[int] = []
-    for rrset in message.answer:  # following CNAMEs: every address record in the answer
-        if rrset.rdclass == dns.rdataclass.IN and rrset.rdtype in (dns.rdatatype.A,
-                                                                    dns.rdatatype.AAAA):
-            addresses.extend(str(rdata.address) for rdata in rrset)
-            ttls.append(rrset.ttl)
-    return Reply(
-        rcode=dns.rcode.to_text(message.rcode()),
-        addresses=list(dict.fromkeys(addresses)),
-        ttl=min(ttls) if ttls else None,
-        truncated=bool(message.flags & dns.flags.TC),
-    )
-
-
 # --- the resolver ------------------------------------------------------------------------
-
-
-def system_nameservers(text: str) -> list[str]:
-    """The `nameserver` addresses in resolv.conf text, in order."""
-    servers = []
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split(";", 1)[0].split()
-        if len(words) >= 2 and words[0] == "nameserver" and is_ip_literal(
-            words[1].split("%", 1)[0]
-        ):
-            servers.append(words[1])
-    return servers
 
 
 def resolver_of(settings: Settings) -> tuple[str, str, int]:
@@ -161,9 +103,15 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 async def query_udp(server: str, port: int, name: str, rdtype: str, timeout: float) -> Lookup:
-    """One question over UDP: the first reply, and a different later one if any arrives."""
+    """One question over UDP: the first reply, and a different later one if any arrives.
+
+    Sent again at RETRANSMIT_AT while no reply came (the same message: a reply to any copy
+    counts). A second, different reply is injection only when the first came before any
+    retransmission: an on-path injector answers within milliseconds, and a resolver answering
+    two copies may legitimately rotate its addresses."""
     loop = asyncio.get_running_loop()
     query = make_query(name, rdtype)
+    wire = query.to_wire()
     start = loop.time()
     deadline = start + timeout
     first_at = deadline
@@ -174,20 +122,30 @@ async def query_udp(server: str, port: int, name: str, rdtype: str, timeout: flo
         return Lookup(failure=failure, error=message)
     first: Reply | None = None
     later: Reply | None = None
-    garbage = 0
+    garbage = queries = 0
+    resend = [start + at for at in RETRANSMIT_AT if at < timeout]
     try:
-        transport.sendto(query.to_wire())
+        transport.sendto(wire)
+        queries = 1
         end = deadline
         while (remaining := end - loop.time()) > 0:
+            if first is None and resend:
+                remaining = min(remaining, resend[0] - loop.time())
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(max(remaining, 0.0)):
                     item = await protocol.arrived.get()
             except TimeoutError:
+                if first is None and resend and loop.time() >= resend[0]:
+                    resend.pop(0)
+                    transport.sendto(wire)
+                    queries += 1
+                    continue
                 break
             if isinstance(item, Exception):
                 if first is None:
                     failure, message = classify_udp_error(item)
-                    return Lookup(failure=failure, error=message, ms=_ms_since(start, loop.time()))
+                    return Lookup(failure=failure, error=message,
+                                  ms=_ms_since(start, loop.time()), queries=queries)
                 continue
             reply = parse_reply(item, query)
             if reply is None:
@@ -197,36 +155,47 @@ async def query_udp(server: str, port: int, name: str, rdtype: str, timeout: flo
                 if reply.truncated:
                     break
                 end = min(deadline, loop.time() + INJECTION_WINDOW)
+                if queries > 1:
+                    break  # no injection to listen for (see above)
             elif later is None and not reply.same_as(first):
                 later = reply
     finally:
         transport.close()
     if first is None:
-        what = f" ({garbage} unreadable datagrams)" if garbage else ""
-        return Lookup(failure=F.TIMEOUT, error=f"no reply within {timeout:g} s{what}",
-                      ms=_ms_since(start, loop.time()))
-    return Lookup(reply=first, later=later, ms=_ms_since(start, first_at))
+        took = _ms_since(start, loop.time())
+        if garbage:
+            return Lookup(failure=F.PROTOCOL_ERROR, ms=took, queries=queries,
+                          error=f"{garbage} datagrams came back, none a DNS reply to the question")
+        return Lookup(failure=F.TIMEOUT, ms=took, queries=queries,
+                      error=f"no reply within {timeout:g} s ({queries} queries)")
+    return Lookup(reply=first, later=later, ms=_ms_since(start, first_at), queries=queries)
 
 
 async def query_tcp(server: str, port: int, name: str, rdtype: str, timeout: float) -> Lookup:
-    """One question over TCP (RFC 1035 4.2.2: each message after a two-byte length)."""
+    """One question over TCP, after a UDP reply came back truncated (RFC 7766)."""
     query = make_query(name, rdtype)
-    wire = query.to_wire()
+    garbage = 0
     try:
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(server, port)
                 try:
-                    writer.write(len(wire).to_bytes(2, "big") + wire)
+                    writer.write(frame_tcp(query.to_wire()))
                     await writer.drain()
-                    while True:  # skip replies to other queries, as a resolver library does
+                    for _ in range(_MAX_TCP_MESSAGES):  # skip replies to other queries
                         size = int.from_bytes(await reader.readexactly(2), "big")
                         reply = parse_reply(await reader.readexactly(size), query)
                         if reply is not None:
                             return Lookup(reply=reply, transport="tcp", truncated=True)
+                        garbage += 1
+                    raise Failed(F.PROTOCOL_ERROR, f"{garbage} messages over TCP, none a DNS "
+                                                   "reply to the question")
                 finally:
                     writer.transport.abort()
         except TimeoutError:
+            if garbage:
+                raise Failed(F.PROTOCOL_ERROR, f"{garbage} messages over TCP, none a DNS reply "
+                                               "to the question") from None
             raise Failed(F.TIMEOUT, f"no reply over TCP within {timeout:g} s") from None
     except (OSError, EOFError, Failed) as exc:  # IncompleteReadError is an EOFError
         failure, message = classify_exception(exc)
@@ -264,8 +233,7 @@ def _doh_client(job: Job, ctx: Context) -> httpx.AsyncClient:
 async def doh_query(client: httpx.AsyncClient, url: str, name: str, rdtype: str,
                     timeout: float) -> Reply:
     """One question over DoH, POST with application/dns-message (RFC 8484 section 4.1)."""
-    question = make_query(name, rdtype)
-    question.id = 0  # RFC 8484 4.1: id 0 keeps answers cacheable
+    question = make_query(name, rdtype, doh=True)
     response = await client.post(
         url, content=question.to_wire(), timeout=timeout,
         headers={"content-type": DOH_TYPE, "accept": DOH_TYPE})
@@ -277,8 +245,19 @@ async def doh_query(client: httpx.AsyncClient, url: str, name: str, rdtype: str,
     return reply
 
 
-async def crosscheck(job: Job, ctx: Context, name: str, url: str) -> dict[str, Any]:
-    """The DoH server's answers for the name, as facts (crosscheck_*)."""
+@dataclass(frozen=True)
+class Crosscheck:
+    """What the DoH server said for the name (the `crosscheck_*` facts)."""
+
+    answers: list[str] | None = None
+    rcode: str | None = None
+    ms: float | None = None
+    failure: str | None = None
+    error: str | None = None
+
+
+async def crosscheck(job: Job, ctx: Context, name: str, url: str) -> Crosscheck:
+    """The DoH server's answers for the name."""
     import httpx
 
     client = _doh_client(job, ctx)
@@ -287,19 +266,17 @@ async def crosscheck(job: Job, ctx: Context, name: str, url: str) -> dict[str, A
         try:
             async with asyncio.timeout(job.timeout + 0.5):  # httpx's own timeout comes first
                 replies = await asyncio.gather(
-                    *(doh_query(client, url, name, t, job.timeout) for t in _RDTYPES))
+                    *(doh_query(client, url, name, t, job.timeout) for t in RDTYPES))
         except TimeoutError:
             raise Failed(F.TIMEOUT, f"no DoH answer within {job.timeout:g} s") from None
     except (httpx.HTTPError, OSError, Failed) as exc:
         failure, message = classify_exception(exc)
-        return {"crosscheck_failure": failure, "crosscheck_error": message,
-                "crosscheck_ms": _ms(start)}
+        return Crosscheck(failure=failure, error=message, ms=_ms(start))
     rcodes = [r.rcode for r in replies]
-    return {
-        "crosscheck_answers": list(dict.fromkeys(a for r in replies for a in r.addresses)),
-        "crosscheck_rcode": "NXDOMAIN" if "NXDOMAIN" in rcodes else rcodes[0],
-        "crosscheck_ms": _ms(start),
-    }
+    return Crosscheck(
+        answers=list(dict.fromkeys(a for r in replies for a in r.addresses)),
+        rcode="NXDOMAIN" if "NXDOMAIN" in rcodes else rcodes[0],
+        ms=_ms(start))
 
 
 # --- the certificate check ---------------------------------------------------------------
@@ -313,14 +290,25 @@ def cert_port(job: Job) -> int:
     return CERT_PORT
 
 
+@dataclass(frozen=True)
+class CertificateCheck:
+    """Did an answered address serve a certificate valid for the name (the `cert_*` facts)?"""
+
+    address: str
+    port: int
+    valid: bool
+    ms: float
+    failure: str | None = None
+    error: str | None = None
+
+
 async def check_certificate(job: Job, ctx: Context, name: str, address: str,
-                            port: int) -> dict[str, Any]:
-    """Does `address:port` serve a certificate valid for `name`? Facts cert_*; once per run."""
-    cache: dict[tuple[Any, ...], dict[str, Any]] = ctx.cache.setdefault(_CERT_KEY, {})
+                            port: int) -> CertificateCheck:
+    """Does `address:port` serve a certificate valid for `name`? Once per run and key."""
+    cache: dict[tuple[Any, ...], CertificateCheck] = ctx.cache.setdefault(_CERT_KEY, {})
     key = (name, address, port, job.ca_files)
     if key in cache:
         return cache[key]
-    facts: dict[str, Any] = {"cert_address": address, "cert_port": port}
     start = time.perf_counter()
     try:
         try:
@@ -329,38 +317,30 @@ async def check_certificate(job: Job, ctx: Context, name: str, address: str,
                     address, port, ssl=ctx.ssl_context(job.ca_files), server_hostname=name)
         except TimeoutError:
             raise Failed(F.TIMEOUT, f"no TLS handshake within {job.timeout:g} s") from None
-    except (OSError, EOFError, Failed) as exc:  # ssl errors are OSErrors
+    except Exception as exc:  # noqa: BLE001 - ssl and OS errors, or a peer's surprise: a fact
         failure, message = classify_exception(exc)
-        facts.update(cert_valid_for_name=False, cert_failure=failure, cert_error=message)
+        checked = CertificateCheck(address, port, False, _ms(start), failure, message)
     else:
         writer.transport.abort()
-        facts["cert_valid_for_name"] = True
-    facts["cert_ms"] = _ms(start)
-    cache[key] = facts
-    return facts
+        checked = CertificateCheck(address, port, True, _ms(start))
+    cache[key] = checked
+    return checked
 
 
 # --- the layer ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Resolution:
-    lookups: list[Lookup]
-    ms: float
-    crosscheck: dict[str, Any] = field(default_factory=dict)
 
 
 async def _ask_resolver(server: str, port: int, name: str, timeout: float
                         ) -> tuple[list[Lookup], float]:
     """A and AAAA at once; the time is until both first replies (or failures) were in."""
     start = time.perf_counter()
-    lookups = await asyncio.gather(*(query(server, port, name, t, timeout) for t in _RDTYPES))
+    lookups = await asyncio.gather(*(query(server, port, name, t, timeout) for t in RDTYPES))
     times = [lk.ms for lk in lookups if lk.ms is not None]
     return list(lookups), max(times) if times else _ms(start)
 
 
 def _outcome_facts(lookups: list[Lookup]) -> dict[str, Any]:
-    """Phase fields from the A and AAAA lookups: answers, rcode, ttl, failure, injection."""
+    """DnsFacts fields from the A and AAAA lookups: answers, rcode, ttl, failure, injection."""
     replies = [lk.reply for lk in lookups if lk.reply is not None]
     answers = list(dict.fromkeys(a for r in replies for a in r.addresses))
     ttls = [r.ttl for r in replies if r.ttl is not None]
@@ -374,14 +354,17 @@ def _outcome_facts(lookups: list[Lookup]) -> dict[str, Any]:
     }
     if any(lk.truncated for lk in lookups):
         facts["truncated"] = True
-    injected = [lk for lk in lookups if lk.later is not None and lk.reply is not None]
+    if any(lk.queries > 1 for lk in lookups):
+        facts["queries"] = max(lk.queries for lk in lookups)
+    injected = [(lk.reply, lk.later) for lk in lookups
+                if lk.later is not None and lk.reply is not None]
     if injected:
         facts["injected"] = True
-        facts["first_answers"] = [a for lk in injected for a in lk.reply.addresses]  # type: ignore[union-attr]
-        facts["later_answers"] = [a for lk in injected for a in lk.later.addresses]  # type: ignore[union-attr]
-        facts["first_rcode"] = injected[0].reply.rcode  # type: ignore[union-attr]
-        facts["later_rcode"] = injected[0].later.rcode  # type: ignore[union-attr]
-    for rdtype, lk in zip(_RDTYPES, lookups, strict=True):
+        facts["first_answers"] = [a for first, _ in injected for a in first.addresses]
+        facts["later_answers"] = [a for _, later in injected for a in later.addresses]
+        facts["first_rcode"] = injected[0][0].rcode
+        facts["later_rcode"] = injected[0][1].rcode
+    for rdtype, lk in zip(RDTYPES, lookups, strict=True):
         if answers and lk.failure is not None:  # the other family answered: note, not fail
             facts[f"{rdtype.lower()}_failure"] = lk.failure
     if not answers:
@@ -404,7 +387,7 @@ def _failure_message(failure: str, lookups: list[Lookup]) -> str:
     return failure
 
 
-async def lookup(job: Job, ctx: Context, name: str) -> Phase:
+async def lookup(job: Job, ctx: Context, name: str) -> DnsFacts:
     """Resolve `name` the way this run is configured to: the whole `dns` phase."""
     resolver = ctx.cache.get(_RESOLVER_KEY)
     if resolver is None:
@@ -414,47 +397,53 @@ async def lookup(job: Job, ctx: Context, name: str) -> Phase:
     if doh:
         _doh_client(job, ctx)  # built before the clock starts: loading the trust store is slow
     asked = _ask_resolver(server, port, name, job.timeout)
+    checked: Crosscheck | None = None
     if doh:
         (lookups, ms), checked = await asyncio.gather(asked, crosscheck(job, ctx, name, doh))
     else:
-        (lookups, ms), checked = await asked, {}
+        lookups, ms = await asked
     facts: dict[str, Any] = {"name": name, "resolver": kind}
     if kind == "configured":  # the user's own setting; a system resolver's address stays out
         facts["resolver_address"] = ctx.settings.resolver
     facts.update(_outcome_facts(lookups))
-    facts.update(checked)
+    if checked is not None:
+        facts.update({f"crosscheck_{k}": v for k, v in vars(checked).items() if v is not None})
     if facts["ok"]:
-        facts.update(await _maybe_check_certificate(job, ctx, name, facts))
-    return Phase(ms=ms, **facts)
+        cert = await _maybe_check_certificate(job, ctx, name, facts)
+        if cert is not None:
+            facts.update(cert_address=cert.address, cert_port=cert.port,
+                         cert_valid_for_name=cert.valid, cert_ms=cert.ms)
+            if not cert.valid:
+                facts.update(cert_failure=cert.failure, cert_error=cert.error)
+    return DnsFacts(ms=ms, **facts)
 
 
 async def _maybe_check_certificate(job: Job, ctx: Context, name: str,
-                                   facts: dict[str, Any]) -> dict[str, Any]:
+                                   facts: dict[str, Any]) -> CertificateCheck | None:
     """Ask the answer for a certificate when nothing else vouches for it."""
     answers: list[str] = facts.get("first_answers") or facts["answers"]
     references = list(facts.get("crosscheck_answers") or []) + list(
         facts.get("later_answers") or [])
     if references:
         if shares_address(answers, references):
-            return {}
+            return None
     elif not (is_bogon(answers[0]) and is_public_name(name)):
-        return {}  # nothing to compare with, nothing suspicious on its face
+        return None  # nothing to compare with, nothing suspicious on its face
     return await check_certificate(job, ctx, name, answers[0], cert_port(job))
 
 
 async def resolve(job: Job, ctx: Context, sample: Sample) -> str | None:
-    """The address to connect to, recording a `dns` phase when a name was resolved.
+    """The address to connect to, recording the `dns` facts when a name was resolved.
 
-    Returns None when resolution failed (the failed phase is in the sample).
+    Returns None when resolution failed (the failed facts are in the sample).
     """
     if job.target.address:
         return job.target.address
     endpoint = job.endpoint
     if endpoint.is_ip:
         return endpoint.host
-    phase = sample.add("dns", await lookup(job, ctx, endpoint.host))
-    answers = phase.get("answers") or []
-    return str(answers[0]) if phase.ok and answers else None
+    facts = sample.add(await lookup(job, ctx, endpoint.host))
+    return facts.answers[0] if facts.ok and facts.answers else None
 
 
 def budget(job: Job) -> float:
@@ -474,6 +463,8 @@ async def measure(job: Job, ctx: Context) -> Sample:
     sample = Sample()
     address = await resolve(job, ctx, sample)
     if "dns" not in sample.phases and address is not None:  # an IP literal: nothing to ask
-        sample.add("dns", Phase.model_validate(
-            {"ok": True, "ms": 0.0, "answers": [address], "literal": True}))
+        sample.add(DnsFacts(ok=True, ms=0.0, answers=[address], literal=True))
     return sample
+
+
+LAYER = Layer(measure=measure, budget=budget)

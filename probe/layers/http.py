@@ -50,12 +50,10 @@ from probe.failures import (
     Failed,
     classify_exception,
 )
-from probe.layers import Context
+from probe.layers import Context, Layer, tls
 from probe.layers.tcp import elapsed_ms, target_port
-from probe.layers.tls import Wire, diagnose, open_tls
-from probe.observations import Phase, Sample
-
-__all__ = ["BYTE_CAP", "STALL_FACTOR", "WINDOW_FACTOR", "budget", "diagnose", "measure"]
+from probe.layers.tls import Wire, open_tls
+from probe.observations import HttpFacts, Sample
 
 BYTE_CAP = 16 * 1024 * 1024  # stop reading a body here: enough to measure any throughput
 WINDOW_FACTOR = 3  # the transfer window, in timeouts, from the end of the handshake
@@ -102,7 +100,11 @@ class _Transfer:
         self.received = 0  # decrypted bytes from the server (headers, body, h2 framing)
         self.first_byte_at: float | None = None  # perf_counter() when the response started
         self.body = 0
-        self.facts: dict[str, Any] = {}  # status, http_version, location_host, capped...
+        self.status: int | None = None
+        self.http_version: str | None = None
+        self.location_host: str | None = None
+        self.capped = False
+        self.truncated = False
         self.whole = False  # the response ended as the server meant it to
 
     async def read(self) -> bytes:
@@ -119,15 +121,15 @@ class _Transfer:
             self.wire.idle = None
 
     def response(self, status: int, version: str, location: bytes | None) -> None:
-        self.facts.update(status=status, http_version=version)
+        self.status, self.http_version = status, version
         if status in _REDIRECTS and location:
-            self.facts["location_host"] = _location_host(location)
+            self.location_host = _location_host(location)
 
     def add_body(self, size: int) -> bool:
         """Count body bytes; True once BYTE_CAP is reached (stop reading)."""
         self.body += size
         if self.body >= BYTE_CAP:
-            self.facts["capped"] = True
+            self.capped = True
             return True
         return False
 
@@ -262,8 +264,8 @@ async def measure(job: Job, ctx: Context) -> Sample:
     try:
         await _get(job, transfer, sample)
     finally:
-        http = sample.phases.get("http")
-        if transfer.whole and http is not None and http.ok and not http.get("truncated"):
+        http = sample.get(HttpFacts)
+        if transfer.whole and http is not None and http.ok and not http.truncated:
             wire.close()  # FIN: the response ended as meant
         else:  # failed, cut short, capped, truncated or cancelled
             wire.abort()  # RST: stop the server sending, leave no state behind
@@ -278,7 +280,7 @@ async def _get(job: Job, t: _Transfer, sample: Sample) -> None:
     try:
         async with asyncio.timeout_at(loop.time() + window) as deadline:
             await exchange(job, target_port(job), t)
-        if "status" not in t.facts:  # an HTTP/2 stream ended (or data came) with no :status
+        if t.status is None:  # an HTTP/2 stream ended (or data came) with no :status
             raise Failed(PROTOCOL_ERROR, "response without a status")
     except TimeoutError:
         if not deadline.expired():  # the wire was silent for a whole timeout before a response
@@ -290,36 +292,39 @@ async def _get(job: Job, t: _Transfer, sample: Sample) -> None:
             _fail(sample, t, Failed(STALL, f"transfer stalled: {t.body} body bytes, then "
                                            f"nothing for {silent_for:.1f} s"))
             return
-        if "status" not in t.facts:
+        if t.status is None:
             _fail(sample, t, Failed(TIMEOUT, f"no complete response headers within the "
                                              f"{window:g} s window ({t.received} bytes)"))
             return
-        t.facts["truncated"] = True  # still moving when the window closed: slow, not failed
+        t.truncated = True  # still moving when the window closed: slow, not failed
     except Exception as exc:  # noqa: BLE001 - reset, closed mid-body, garbage: a fact, not a crash
         _fail(sample, t, exc)
         return
-    phase = _phase(t)
-    status = t.facts["status"]
-    if status >= 400:
-        phase.ok, phase.failure, phase.error = False, HTTP_STATUS, f"HTTP {status}"
-    sample.add("http", phase)
+    assert t.status is not None
+    if t.status >= 400:
+        sample.add(_facts(t, HTTP_STATUS, f"HTTP {t.status}"))
+    else:
+        sample.add(_facts(t))
 
 
-def _phase(t: _Transfer) -> Phase:
-    """The http phase; times run from the request (sent as soon as the handshake is done)."""
-    now = time.perf_counter()
-    timing: dict[str, Any] = {"bytes": t.body}
-    if t.first_byte_at is not None:
-        timing["ttfb_ms"] = round((t.first_byte_at - t.ready_at) * 1000, 3)
-    if t.body:
-        seconds = now - t.ready_at
-        timing["transfer_ms"] = round(seconds * 1000, 3)
-        timing["throughput"] = round(t.body * 8 / seconds) if seconds > 0 else None
-    return Phase(ok=True, ms=elapsed_ms(t.ready_at), **timing, **t.facts)
+def _facts(t: _Transfer, failure: str | None = None, error: str | None = None) -> HttpFacts:
+    """The http facts; times run from the request (sent as soon as the handshake is done)."""
+    seconds = time.perf_counter() - t.ready_at
+    moved = t.body > 0
+    return HttpFacts(
+        ok=failure is None, ms=elapsed_ms(t.ready_at), failure=failure, error=error,
+        status=t.status, http_version=t.http_version, location_host=t.location_host,
+        bytes=t.body,
+        ttfb_ms=None if t.first_byte_at is None else round((t.first_byte_at - t.ready_at) * 1000,
+                                                           3),
+        transfer_ms=round(seconds * 1000, 3) if moved else None,
+        throughput=round(t.body * 8 / seconds) if moved and seconds > 0 else None,
+        capped=t.capped or None, truncated=t.truncated or None,
+    )
 
 
 def _fail(sample: Sample, t: _Transfer, exc: BaseException) -> None:
-    failure, message = classify_exception(exc)
-    phase = _phase(t)
-    phase.ok, phase.failure, phase.error = False, failure, message
-    sample.add("http", phase)
+    sample.add(_facts(t, *classify_exception(exc)))
+
+
+LAYER = Layer(measure=measure, budget=budget, diagnose=tls.diagnose)

@@ -16,6 +16,7 @@ ClientHello, which points at SNI-keyed blocking (CENSORSHIP.md: China 2024).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -33,10 +34,18 @@ from aioquic.tls import AlertDescription
 
 from probe import failures as F
 from probe.catalog import Job
-from probe.layers import Context
+from probe.layers import Context, Layer
 from probe.layers.dns import resolve
 from probe.layers.udp import open_udp
-from probe.observations import Observation, Phase, Sample
+from probe.observations import (
+    DnsFacts,
+    Facts,
+    Observation,
+    QuicControl,
+    QuicFacts,
+    Sample,
+    VersionPing,
+)
 from probe.wire.quic import (
     LongHeader,
     QuicCodecError,
@@ -54,9 +63,10 @@ _PING_SENDS = 3  # the version ping is sent this many times, spread over the tim
 
 
 def budget(job: Job) -> float:
-    """The engine's deadline for one sample: a dns lookup and a handshake, each up to
-    `job.timeout`, plus a second of slack (the diagnosis ping fits the same bound)."""
-    return job.timeout * 2 + 1.0
+    """The engine's deadline for one sample: a dns lookup, the control handshake (first sample
+    to an address only) and the handshake, each up to `job.timeout`, plus a second of slack
+    (the diagnosis ping fits the same bound)."""
+    return job.timeout * 3 + 1.0
 
 
 async def measure(job: Job, ctx: Context) -> Sample:
@@ -64,18 +74,21 @@ async def measure(job: Job, ctx: Context) -> Sample:
     address = await resolve(job, ctx, sample)
     if address is None:
         return sample
-    sample.add("quic", await handshake(job, ctx, address))
+    port = job.endpoint.port or 443
+    await take_control(job, ctx, address, port)
+    sample.add(await handshake(job, ctx, address, port))
     return sample
 
 
-async def handshake(job: Job, ctx: Context, address: str) -> Phase:
-    """One QUIC handshake to address:port; every outcome is a Phase, never an exception."""
+async def handshake(job: Job, ctx: Context, address: str, port: int,
+                    sni: str | None = None) -> QuicFacts:
+    """One QUIC handshake to address:port (with `sni`: that name, the certificate unchecked);
+    every outcome is a fact, never an exception."""
     start = time.perf_counter()
-    port = job.endpoint.port or 443
     try:
-        configuration = _configuration(job, ctx)
+        configuration = _configuration(job, ctx, sni)
     except OSError as exc:  # an unreadable ca_file: nothing was sent
-        return Phase(ok=False, failure=F.UNKNOWN, error=f"cannot read a ca_file: {exc}")
+        return QuicFacts(ok=False, failure=F.UNKNOWN, error=f"cannot read a ca_file: {exc}")
     remote = (address, port)
     try:
         transport, attempt = open_udp(
@@ -83,7 +96,7 @@ async def handshake(job: Job, ctx: Context, address: str) -> Phase:
             address, port)
     except OSError as exc:
         failure, message = F.classify_udp_error(exc)
-        return Phase(ok=False, ms=_ms_since(start), failure=failure, error=message)
+        return QuicFacts(ok=False, ms=_ms_since(start), failure=failure, error=message)
     try:
         async with asyncio.timeout(job.timeout):
             await attempt.done
@@ -92,7 +105,48 @@ async def handshake(job: Job, ctx: Context, address: str) -> Phase:
     finally:
         attempt.stop()
         transport.close()
-    return attempt.phase()
+    return attempt.facts()
+
+
+# --- the control: the same address with a harmless name, before the samples -------------------
+
+
+def _control_key(address: str, port: int, sni: str) -> str:
+    return f"quic.control {address} {port} {sni}"
+
+
+async def _control(job: Job, ctx: Context, address: str, port: int, sni: str) -> QuicControl:
+    facts = await handshake(job, ctx, address, port, sni)
+    return QuicControl(**facts.model_dump(exclude_none=True), sni=sni, before_samples=True)
+
+
+class _ControlTask:
+    """One control handshake per address:port and run, shared by every target there."""
+
+    def __init__(self, task: asyncio.Task[QuicControl]) -> None:
+        self.task = task
+
+    async def aclose(self) -> None:  # called by Context.aclose() at the end of the run
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+async def take_control(job: Job, ctx: Context, address: str, port: int) -> None:
+    """Take the control handshake to address:port now, once per run, before the sample's
+    Initial: a residual block this target's name triggers must not spoil it."""
+    sni = ctx.control_sni
+    if sni == (job.target.sni or job.endpoint.host):
+        return
+    key = _control_key(address, port, sni)
+    control = ctx.cache.get(key)
+    if not isinstance(control, _ControlTask):
+        control = ctx.cache[key] = _ControlTask(
+            asyncio.ensure_future(_control(job, ctx, address, port, sni)))
+    if not control.task.done():
+        # Shielded: a sample cancelled by its deadline must not cancel other targets' control.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(control.task)
 
 
 class _Handshake(asyncio.DatagramProtocol):
@@ -114,7 +168,14 @@ class _Handshake(asyncio.DatagramProtocol):
         self.datagrams = 0
         self.failure: str | None = None
         self.error: str | None = None
-        self.facts: dict[str, Any] = {}
+        self.alpn: str | None = None
+        self.version: str | None = None
+        self.closed_by: str | None = None
+        self.error_code: int | None = None
+        self.error_name: str | None = None
+        self.reason: str | None = None
+        self.frame_type: int | None = None
+        self.alpn_refused: bool | None = None
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -172,8 +233,8 @@ class _Handshake(asyncio.DatagramProtocol):
         while (event := self.connection.next_event()) is not None:
             if isinstance(event, HandshakeCompleted) and self.completed is None:
                 self.completed = self.loop.time()
-                self.facts["alpn"] = event.alpn_protocol
-                self.facts["version"] = _hex(getattr(self.connection, "_version", None))
+                self.alpn = event.alpn_protocol
+                self.version = _hex(getattr(self.connection, "_version", None))
                 # Say goodbye at once, so the server frees its state (its closing period is
                 # its own business; we do not wait for it).
                 self.connection.close(error_code=QuicErrorCode.NO_ERROR)
@@ -199,14 +260,13 @@ class _Handshake(asyncio.DatagramProtocol):
             # aioquic stops before counting a packet that closes; decrypting it is the proof.
             self.first_packet = self.loop.time()
         failure = F.quic_close_fact(error_code, reason, by_peer=by_peer)
-        self.facts.update(closed_by="peer" if by_peer else "local", error_code=error_code,
-                          error_name=_error_name(error_code), reason=reason)
-        if frame_type is not None:
-            self.facts["frame_type"] = frame_type
+        self.closed_by = "peer" if by_peer else "local"
+        self.error_code, self.error_name = error_code, _error_name(error_code)
+        self.reason, self.frame_type = reason, frame_type
         who = "server" if by_peer else "our QUIC stack"
         words = f"{who} closed with {_error_name(error_code)} (0x{error_code:x})"
         if failure == F.ALPN_REFUSED:
-            self.facts["alpn_refused"] = True
+            self.alpn_refused = True
             offered = "/".join(self.connection.configuration.alpn_protocols or [])
             words = f"server refused ALPN {offered}: " + words
         elif failure in (F.UNTRUSTED_CERTIFICATE, F.HOSTNAME_MISMATCH):
@@ -257,19 +317,22 @@ class _Handshake(asyncio.DatagramProtocol):
         if not self.done.done():
             self.done.cancel()
 
-    def phase(self) -> Phase:
-        """The facts, as the `quic` phase."""
+    def facts(self) -> QuicFacts:
+        """What happened, as the `quic` facts."""
         ended = self.ended if self.ended is not None else self.loop.time()
-        facts: dict[str, Any] = {
-            "server_packet": self.first_packet is not None,
-            "datagrams": self.datagrams,
-        }
-        if self.first_packet is not None:
-            facts["ms_first_packet"] = _ms(self.first_packet - self.started)
-        if self.completed is not None:
-            return Phase(ok=True, ms=_ms(self.completed - self.started), **facts, **self.facts)
-        return Phase(ok=False, ms=_ms(ended - self.started), failure=self.failure or F.UNKNOWN,
-                     error=self.error, **facts, **self.facts)
+        completed = self.completed is not None
+        return QuicFacts(
+            ok=completed,
+            ms=_ms((self.completed if self.completed is not None else ended) - self.started),
+            failure=None if completed else self.failure or F.UNKNOWN,
+            error=None if completed else self.error,
+            server_packet=self.first_packet is not None, datagrams=self.datagrams,
+            ms_first_packet=None if self.first_packet is None else _ms(
+                self.first_packet - self.started),
+            alpn=self.alpn, version=self.version, closed_by=self.closed_by,
+            error_code=self.error_code, error_name=self.error_name, reason=self.reason,
+            frame_type=self.frame_type, alpn_refused=self.alpn_refused,
+        )
 
 
 # --- aioquic internals, in one place -----------------------------------------------------------
@@ -307,8 +370,14 @@ def _error_name(error_code: int) -> str:
 # --- configuration -----------------------------------------------------------------------------
 
 
-def _configuration(job: Job, ctx: Context) -> QuicConfiguration:
-    """Client settings; trust is the tls layer's: the system store plus the job's ca_files."""
+def _configuration(job: Job, ctx: Context, sni: str | None = None) -> QuicConfiguration:
+    """Client settings; trust is the tls layer's: the system store plus the job's ca_files.
+    With `sni` (the control's harmless name) nothing is verified: reaching the server is the
+    fact that counts, and no certificate is valid for that name there."""
+    if sni is not None:
+        return QuicConfiguration(is_client=True, server_name=sni, verify_mode=ssl.CERT_NONE,
+                                 alpn_protocols=list(job.target.alpn or DEFAULT_ALPN),
+                                 idle_timeout=job.timeout)
     cafile, capath = _system_trust()
     return QuicConfiguration(
         is_client=True,
@@ -361,29 +430,41 @@ def _hex(version: int | None) -> str | None:
 # --- diagnosis: the version-negotiation ping ---------------------------------------------------
 
 
-async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
-    """After every sample timed out in the quic layer: is QUIC without a ClientHello answered?"""
+async def diagnose(job: Job, ctx: Context, observation: Observation) -> list[Facts]:
+    """After every sample timed out in the quic layer: the control handshake with a harmless
+    name (taken before the samples), and whether QUIC without a ClientHello is answered."""
     failed = [sample.failed for sample in observation.samples]
-    if not failed or any(f is None or f[0] != "quic" or f[1].failure != F.TIMEOUT for f in failed):
-        return {}
-    address = await _address(job, ctx, observation)
+    if not failed or any(f is None or not isinstance(f[1], QuicFacts)
+                         or f[1].failure != F.TIMEOUT for f in failed):
+        return []
+    address = job.target.address or (job.endpoint.host if job.endpoint.is_ip else
+                                      _address(observation))
     if address is None:
-        return {}
-    return {"version_negotiation": await version_ping(address, job.endpoint.port or 443,
-                                                      job.timeout)}
+        return []
+    port = job.endpoint.port or 443
+    steps: list[Facts] = []
+    sni = ctx.control_sni
+    control = ctx.cache.get(_control_key(address, port, sni))
+    if isinstance(control, _ControlTask):
+        try:
+            steps.append(await asyncio.shield(control.task))
+        except Exception as exc:  # noqa: BLE001 - the control broke: report it as a failed step
+            failure, message = F.classify_exception(exc)
+            steps.append(QuicControl(ok=False, failure=failure, error=message, sni=sni))
+    steps.append(await version_ping(address, port, job.timeout))
+    return steps
 
 
-async def _address(job: Job, ctx: Context, observation: Observation) -> str | None:
-    """The address the samples used: from their dns phase, else resolved again."""
+def _address(observation: Observation) -> str | None:
+    """The address the samples used: from their dns phase (None: they never resolved it)."""
     for sample in observation.samples:
-        dns = sample.phases.get("dns")
-        answers = dns.get("answers") if dns is not None and dns.ok else None
-        if answers:
-            return str(answers[0])
-    return await resolve(job, ctx, Sample())
+        dns = sample.get(DnsFacts)
+        if dns is not None and dns.ok and dns.answers:
+            return dns.answers[0]
+    return None
 
 
-async def version_ping(address: str, port: int, timeout: float) -> Phase:
+async def version_ping(address: str, port: int, timeout: float) -> VersionPing:
     """Send a reserved-version ping (resent a few times within `timeout`) and wait for a
     Version Negotiation that echoes its CIDs."""
     ping = new_version_ping()
@@ -392,9 +473,8 @@ async def version_ping(address: str, port: int, timeout: float) -> Phase:
         transport, listener = open_udp(lambda: _PingListener(ping), address, port)
     except OSError as exc:
         failure, message = F.classify_udp_error(exc)
-        return Phase(ok=False, ms=_ms_since(start), failure=failure, error=message)
+        return VersionPing(ok=False, ms=_ms_since(start), failure=failure, error=message)
     packet = encode_version_ping(ping)
-    facts: dict[str, Any] = {"version_sent": _hex(ping.version)}
     try:
         async with asyncio.timeout(timeout):
             for _ in range(_PING_SENDS):
@@ -412,15 +492,14 @@ async def version_ping(address: str, port: int, timeout: float) -> Phase:
         transport.close()
         if not listener.done.done():
             listener.done.cancel()
-    facts["datagrams"] = listener.datagrams
+    sent = _hex(ping.version)
     if listener.versions is not None:
-        facts["versions"] = listener.versions
-        return Phase(ok=True, ms=_ms(listener.answered_after), **facts)
-    if listener.failure is not None:
-        failure, message = listener.failure
-        return Phase(ok=False, ms=_ms_since(start), failure=failure, error=message, **facts)
-    return Phase(ok=False, ms=_ms_since(start), failure=F.TIMEOUT,
-                 error=f"no Version Negotiation within {timeout:.1f} s", **facts)
+        return VersionPing(ok=True, ms=_ms(listener.answered_after), version_sent=sent,
+                           datagrams=listener.datagrams, versions=listener.versions)
+    failure, message = listener.failure or (
+        F.TIMEOUT, f"no Version Negotiation within {timeout:.1f} s")
+    return VersionPing(ok=False, ms=_ms_since(start), failure=failure, error=message,
+                       version_sent=sent, datagrams=listener.datagrams)
 
 
 class _PingListener(asyncio.DatagramProtocol):
@@ -451,3 +530,6 @@ class _PingListener(asyncio.DatagramProtocol):
         if not self.done.done():
             self.failure = F.classify_udp_error(exc)
             self.done.set_result(None)
+
+
+LAYER = Layer(measure=measure, budget=budget, diagnose=diagnose)

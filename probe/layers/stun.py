@@ -29,14 +29,11 @@ from typing import Any, cast
 
 from probe.catalog import Job
 from probe.failures import CUTOFF, TIMEOUT, classify_udp_error
-from probe.layers import Context
+from probe.layers import Context, Layer
 from probe.layers.dns import resolve
 from probe.layers.udp import open_udp
-from probe.observations import Phase, Sample
+from probe.observations import Sample, StunFacts
 from probe.wire import stun
-
-# The engine calls `measure` once: the layer's `attempts` requests are its samples.
-MEASURES_ATTEMPTS = True
 
 SPACING_S = 0.2  # between requests: a train, not a burst a rate limiter would cut
 SUSTAIN_RATE = 4.0  # requests per second in a sustained exchange
@@ -175,7 +172,7 @@ def _ms(seconds: float) -> float:
 
 
 async def exchange(address: str, port: int, count: int, spacing: float, timeout: float,
-                   include_ip: bool = False) -> Phase:
+                   include_ip: bool = False) -> StunFacts:
     """Send `count` Binding requests `spacing` apart and record what came back."""
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
@@ -183,7 +180,7 @@ async def exchange(address: str, port: int, count: int, spacing: float, timeout:
         transport, protocol = open_udp(lambda: _Exchange(count, timeout), address, port)
     except OSError as exc:  # no route, no IPv6 here...
         failure, message = classify_udp_error(exc)
-        return Phase(ok=False, ms=_ms(time.perf_counter() - start), failure=failure,
+        return StunFacts(ok=False, ms=_ms(time.perf_counter() - start), failure=failure,
                      error=message, port=port)
     try:
         first = loop.time()
@@ -209,7 +206,7 @@ async def exchange(address: str, port: int, count: int, spacing: float, timeout:
 def _phase(
     protocol: _Exchange, port: int, spacing: float, timeout: float, took: float, first: float,
     include_ip: bool = False,
-) -> Phase:
+) -> StunFacts:
     sent = len(protocol.sent_at)
     answered = protocol.answered
     rtts = [_ms(t - s) for t, s in zip(protocol.answered_at, protocol.sent_at) if t is not None]
@@ -250,13 +247,13 @@ def _phase(
         else:
             failure = TIMEOUT
             message = f"no answer to {sent} STUN Binding requests within {timeout:g} s each"
-        return Phase(ok=False, ms=_ms(took), failure=failure, error=message, **facts)
+        return StunFacts(ok=False, ms=_ms(took), failure=failure, error=message, **facts)
     if is_cutoff(pattern):
         silence = protocol.sent_at[-1] - protocol.sent_at[last + 1] + timeout
         message = (f"answered {answered} of the first {last + 1} requests, then none of the "
                    f"last {sent - 1 - last} ({silence:.1f} s of silence)")
-        return Phase(ok=False, ms=_ms(took), failure=CUTOFF, error=message, **facts)
-    return Phase(ok=True, ms=facts["rtt_median_ms"], **facts)
+        return StunFacts(ok=False, ms=_ms(took), failure=CUTOFF, error=message, **facts)
+    return StunFacts(ok=True, ms=facts["rtt_median_ms"], **facts)
 
 
 async def measure(job: Job, ctx: Context) -> Sample:
@@ -267,6 +264,9 @@ async def measure(job: Job, ctx: Context) -> Sample:
     port = job.endpoint.port
     assert port is not None, "the catalog gives stun:// a default port"
     count, spacing = schedule(job)
-    sample.add("stun", await exchange(address, port, count, spacing, job.timeout,
+    sample.add(await exchange(address, port, count, spacing, job.timeout,
                                         ctx.include_ip))
     return sample
+
+
+LAYER = Layer(measure=measure, budget=budget, one_exchange=True)

@@ -17,9 +17,10 @@ import time
 
 from probe.catalog import Job
 from probe.failures import TIMEOUT, Failed, classify_exception
-from probe.layers import Context
+from probe.layers import Context, Layer
 from probe.layers.dns import resolve
-from probe.observations import Observation, Phase, Sample
+from probe.observations import DnsFacts, Facts, Observation, OtherAddresses, Sample, TcpFacts
+from probe.scrub import remember_socket
 
 OTHER_ADDRESSES_MAX = 3  # the diagnosis tries at most this many other addresses of the name
 
@@ -66,7 +67,7 @@ async def connect(
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:  # e.g. no IPv6 on this host
         failure, message = classify_exception(exc)
-        sample.add("tcp", Phase(ok=False, ms=0.0, failure=failure, error=message, port=port))
+        sample.add(TcpFacts(ok=False, ms=0.0, failure=failure, error=message, port=port))
         return None
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
@@ -79,14 +80,15 @@ async def connect(
     except (OSError, Failed) as exc:  # refused, unreachable, reset, timed out
         abort(sock)
         failure, message = classify_exception(exc)
-        sample.add("tcp", Phase(ok=False, ms=elapsed_ms(start), failure=failure, error=message,
-                                address=address, port=port))
+        sample.add(TcpFacts(ok=False, ms=elapsed_ms(start), failure=failure, error=message,
+                            address=address, port=port))
         return None
     except BaseException:  # cancelled: leave nothing half-open behind
         abort(sock)
         raise
-    sample.add("tcp", Phase(ok=True, ms=elapsed_ms(start), rtt_ms=kernel_rtt_ms(sock),
-                            address=address, port=port))
+    sample.add(TcpFacts(ok=True, ms=elapsed_ms(start), rtt_ms=kernel_rtt_ms(sock),
+                        address=address, port=port))
+    remember_socket(sock)  # our source port: never to be stored, whatever a server echoes
     return sock
 
 
@@ -107,7 +109,8 @@ async def measure(job: Job, ctx: Context) -> Sample:
     return sample
 
 
-async def other_addresses(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
+async def other_addresses(job: Job, ctx: Context, observation: Observation
+                          ) -> list[OtherAddresses]:
     """After every sample timed out at connect, whether other addresses of the name connect.
 
     One address silently dropped while its siblings answer points at an IP blackhole (or one
@@ -115,20 +118,20 @@ async def other_addresses(job: Job, ctx: Context, observation: Observation) -> d
     does not apply: an IP literal, `address:`, a name with a single address, or another failure.
     """
     if job.target.address or job.endpoint.is_ip:  # one address only: nothing else to try
-        return {}
+        return []
     tried: list[str] = []
     answers: list[str] = []
     for sample in observation.samples:
         failed = sample.failed
-        if failed is None or failed[0] != "tcp" or failed[1].failure != TIMEOUT:
-            return {}
-        tried.append(str(failed[1].get("address")))
-        dns = sample.phases.get("dns")
+        if failed is None or not isinstance(failed[1], TcpFacts) or failed[1].failure != TIMEOUT:
+            return []
+        tried.append(str(failed[1].address))
+        dns = sample.get(DnsFacts)
         if dns is not None:
-            answers = [str(a) for a in dns.get("answers") or []]
+            answers = list(dns.answers)
     others = [a for a in dict.fromkeys(answers) if a not in tried][:OTHER_ADDRESSES_MAX]
     if not others:
-        return {}
+        return []
     start = time.perf_counter()
     scratch = [Sample() for _ in others]
     socks = await asyncio.gather(*(
@@ -137,11 +140,20 @@ async def other_addresses(job: Job, ctx: Context, observation: Observation) -> d
     for sock in socks:
         if sock is not None:
             abort(sock)
-    return {"other_addresses": Phase(
+    return [OtherAddresses(
         ok=bool(connected), ms=elapsed_ms(start), tried=others, connected=connected,
         failure=None if connected else TIMEOUT,
-        error=None if connected else f"none of {len(others)} other addresses connected")}
+        error=None if connected else f"none of {len(others)} other addresses connected")]
 
 
-async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
-    return await other_addresses(job, ctx, observation)
+async def diagnose(job: Job, ctx: Context, observation: Observation) -> list[Facts]:
+    return list(await other_addresses(job, ctx, observation))
+
+
+def budget(job: Job) -> float:
+    """dns (three timeouts at most: UDP, TCP after truncation, a certificate check) and the
+    connect; the engine gives `diagnose` (other addresses, at once) the same again."""
+    return job.timeout * 4 + 1.0
+
+
+LAYER = Layer(measure=measure, budget=budget, diagnose=diagnose)

@@ -26,27 +26,32 @@ import hashlib
 import socket
 import ssl
 import time
-from typing import Any
+from dataclasses import dataclass
 
 from probe.catalog import Job
 from probe.failures import (
     CONNECTION_RESET,
     EOF_,
     HOSTNAME_MISMATCH,
+    MALFORMED_CERTIFICATE,
     TIMEOUT,
     TLS_ALERT,
     UNTRUSTED_CERTIFICATE,
     Failed,
     classify_exception,
 )
-from probe.layers import Context
+from probe.layers import Context, Layer
 from probe.layers.dns import resolve
 from probe.layers.tcp import abort, connect, elapsed_ms, other_addresses, target_port
-from probe.observations import Observation, Phase, Sample
-
-# A name nobody blocks: IANA's reserved example domain (RFC 2606). Override with
-# `settings.control_sni` when a network treats it specially.
-DEFAULT_CONTROL_SNI = "example.com"
+from probe.observations import (
+    Facts,
+    Observation,
+    PresentedCertificate,
+    Sample,
+    SniControl,
+    TcpFacts,
+    TlsFacts,
+)
 
 # Failures after which the SNI swap tells something (see the module docstring).
 SWAP_AFTER = frozenset({TIMEOUT, CONNECTION_RESET, EOF_, TLS_ALERT})
@@ -150,31 +155,33 @@ def target_sni(job: Job) -> str:
     return job.target.sni or job.endpoint.host
 
 
-def control_sni(ctx: Context) -> str:
-    return ctx.settings.control_sni or DEFAULT_CONTROL_SNI
+@dataclass(frozen=True)
+class Certificate:
+    """What the leaf certificate says: its names and its key's fingerprint; or why it could
+    not be read (OpenSSL accepted bytes that no X.509 parser should: a hostile server's)."""
 
-
-def certificate_facts(der: bytes | None) -> dict[str, Any]:
-    """Subject, issuer and SPKI SHA-256 of the leaf certificate (DER), for the phase."""
-    return dict(_certificate_facts(der)) if der else {}
+    subject: str | None = None
+    issuer: str | None = None
+    spki_sha256: str | None = None
+    unreadable: str | None = None
 
 
 @functools.lru_cache(maxsize=256)
-def _certificate_facts(der: bytes) -> tuple[tuple[str, str], ...]:
+def read_certificate(der: bytes) -> Certificate:
     # Parsing the certificate cost 6 % of a handshake's CPU; a run meets the same few
     # certificates again and again (one per service, many targets each).
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    cert = x509.load_der_x509_certificate(der)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return (
-        ("subject", cert.subject.rfc4514_string()),
-        ("issuer", cert.issuer.rfc4514_string()),
-        ("spki_sha256", hashlib.sha256(spki).hexdigest()),
-    )
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        spki = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return Certificate(subject=cert.subject.rfc4514_string(),
+                           issuer=cert.issuer.rfc4514_string(),
+                           spki_sha256=hashlib.sha256(spki).hexdigest())
+    except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the run
+        return Certificate(unreadable=type(exc).__name__)
 
 
 def _record_type(first_byte: int | None) -> str | None:
@@ -203,7 +210,7 @@ async def handshake(
     job: Job, ctx: Context, sample: Sample, sock: socket.socket, context: ssl.SSLContext,
     sni: str,
 ) -> Wire | None:
-    """A TLS handshake on a connected socket, recording a `tls` phase; None when it failed
+    """A TLS handshake on a connected socket, recording the `tls` facts; None when it failed
     (the socket is then aborted with RST)."""
     wire = Wire(sock)
     start = time.perf_counter()
@@ -216,7 +223,7 @@ async def handshake(
     except (OSError, Failed) as exc:  # ssl.SSLError is an OSError
         wire.abort()
         failure, message = classify_exception(exc)
-        sample.add("tls", Phase(
+        sample.add(TlsFacts(
             ok=False, ms=elapsed_ms(start), failure=failure,
             error=_failure_message(failure, message, wire, job.timeout, sni),
             sni=sni, server_bytes=wire.raw_received, first_record=_record_type(wire.first_byte),
@@ -228,11 +235,23 @@ async def handshake(
     tls = wire.tls
     assert tls is not None
     cipher = tls.cipher()
-    sample.add("tls", Phase(
-        ok=True, ms=elapsed_ms(start), sni=sni, version=tls.version(),
-        cipher=cipher[0] if cipher else None, alpn=tls.selected_alpn_protocol(),
-        **certificate_facts(tls.getpeercert(binary_form=True)),
-    ))
+    der = tls.getpeercert(binary_form=True)
+    cert = read_certificate(der) if der else Certificate()
+    bad: str | None = None
+    why: str | None = None
+    if cert.unreadable is not None:
+        bad = MALFORMED_CERTIFICATE
+        why = (f"the server's certificate is malformed ({cert.unreadable}): OpenSSL took it, "
+                 f"no X.509 parser should (SNI {sni})")
+    facts = TlsFacts(
+        ok=bad is None, ms=elapsed_ms(start), failure=bad, error=why, sni=sni,
+        version=tls.version(), cipher=cipher[0] if cipher else None,
+        alpn=tls.selected_alpn_protocol(), subject=cert.subject, issuer=cert.issuer,
+        spki_sha256=cert.spki_sha256)
+    sample.add(facts)
+    if not facts.ok:
+        wire.abort()
+        return None
     return wire
 
 
@@ -242,7 +261,7 @@ async def handshake(
 class _Control:
     """One control handshake per address:port and run, shared by every target there."""
 
-    def __init__(self, task: asyncio.Task[Phase]) -> None:
+    def __init__(self, task: asyncio.Task[SniControl]) -> None:
         self.task = task
 
     async def aclose(self) -> None:  # called by Context.aclose() at the end of the run
@@ -255,49 +274,62 @@ def _control_key(address: str, port: int, sni: str) -> str:
     return f"tls.sni_control {address} {port} {sni}"
 
 
-async def _control_handshake(job: Job, ctx: Context, address: str, port: int, sni: str) -> Phase:
+async def _control_handshake(job: Job, ctx: Context, address: str, port: int,
+                             sni: str) -> SniControl:
     scratch = Sample()
     start = time.perf_counter()
     sock = await connect(job, ctx, scratch, address, port)
     if sock is None:
-        tcp = scratch.phases["tcp"]
-        return Phase(ok=False, ms=elapsed_ms(start), failure=tcp.failure, sni=sni,
-                     error=f"control connect failed: {tcp.error}", before_samples=True)
+        tcp = scratch.get(TcpFacts)
+        assert tcp is not None
+        return SniControl(ok=False, ms=elapsed_ms(start), failure=tcp.failure, sni=sni,
+                          error=f"control connect failed: {tcp.error}", before_samples=True)
     tried = Sample()
     wire = await handshake(job, ctx, tried, sock, ctx.ssl_context(verify=False), sni)
     if wire is not None:
         wire.abort()
-    phase = tried.phases["tls"]
+    tls = tried.get(TlsFacts)
+    assert tls is not None
     # Reaching the server is the fact that counts: a ServerHello, or an alert it sent.
-    reached = phase.ok or phase.failure == TLS_ALERT or phase.get("first_record") in (
-        "handshake", "alert")
-    facts = phase.model_dump()
-    if reached and not phase.ok:  # the server answered, if only with an alert: keep it as a fact
-        facts["reply"] = "alert" if phase.failure == TLS_ALERT else phase.get("first_record")
-        facts["failure"] = None
-    elif phase.ok:
-        facts["reply"] = "server_hello"
-    return Phase(**{**facts, "ok": reached, "before_samples": True})
+    reached = tls.ok or tls.failure == TLS_ALERT or tls.first_record in ("handshake", "alert")
+    reply = None
+    if tls.ok or tls.failure == MALFORMED_CERTIFICATE:
+        reply = "server_hello"
+    elif reached:  # the server answered, if only with an alert: keep it as a fact
+        reply = "alert" if tls.failure == TLS_ALERT else tls.first_record
+    facts = tls.model_dump(exclude_unset=True, exclude={"ok", "failure", "error"})
+    return SniControl(ok=reached or reply is not None, failure=None if reached else tls.failure,
+                      error=None if reached else tls.error, reply=reply, before_samples=True,
+                      **facts)
 
 
-async def take_control(job: Job, ctx: Context, address: str, port: int) -> None:
-    """Take the control handshake to address:port now, once per run, before any sample."""
-    sni = control_sni(ctx)
+def start_control(job: Job, ctx: Context, address: str, port: int) -> _Control | None:
+    """Start the control handshake to address:port, once per run; None when the target's own
+    name is the control's. The sample's connect may run beside it: only the ClientHellos
+    need an order (see await_control)."""
+    sni = ctx.control_sni
     if sni == target_sni(job):
-        return
+        return None
     key = _control_key(address, port, sni)
     control = ctx.cache.get(key)
-    if control is None:
+    if not isinstance(control, _Control):
         task = asyncio.ensure_future(_control_handshake(job, ctx, address, port, sni))
         control = ctx.cache[key] = _Control(task)
-    if control.task.done():  # the common case after the first target: nothing to wait for
+    return control
+
+
+async def await_control(control: _Control | None) -> None:
+    """Wait for the control handshake to be over before a sample sends its ClientHello: a
+    residual block the sample's name triggers must not spoil the control."""
+    if control is None or control.task.done():  # the common case after the first target
         return
     # Shielded: a sample cancelled by its deadline must not cancel other targets' control.
     with contextlib.suppress(Exception):
         await asyncio.shield(control.task)
 
 
-async def presented_certificate(job: Job, ctx: Context, address: str, port: int) -> Phase:
+async def presented_certificate(job: Job, ctx: Context, address: str,
+                                port: int) -> PresentedCertificate:
     """The certificate the server presents for the target's SNI, read without verifying it.
 
     After a verification failure OpenSSL keeps no certificate, yet the issuer is the evidence
@@ -308,78 +340,79 @@ async def presented_certificate(job: Job, ctx: Context, address: str, port: int)
     start = time.perf_counter()
     sock = await connect(job, ctx, scratch, address, port)
     if sock is None:
-        tcp = scratch.phases["tcp"]
-        return Phase(ok=False, ms=elapsed_ms(start), failure=tcp.failure, error=tcp.error)
-    wire = await handshake(job, ctx, scratch, sock, ctx.ssl_context(verify=False), target_sni(job))
+        tcp = scratch.get(TcpFacts)
+        assert tcp is not None
+        return PresentedCertificate(ok=False, ms=elapsed_ms(start), failure=tcp.failure,
+                                    error=tcp.error)
+    wire = await handshake(job, ctx, scratch, sock, ctx.ssl_context(verify=False),
+                           target_sni(job))
+    tls = scratch.get(TlsFacts)
+    assert tls is not None
     if wire is None:
-        tls = scratch.phases["tls"]
-        return Phase(ok=False, ms=elapsed_ms(start), failure=tls.failure, error=tls.error)
+        return PresentedCertificate(ok=False, ms=elapsed_ms(start), failure=tls.failure,
+                                    error=tls.error)
     wire.abort()
-    tls = scratch.phases["tls"]
-    facts = {k: tls.get(k) for k in ("subject", "issuer", "spki_sha256")}
-    return Phase(ok=True, ms=elapsed_ms(start), **facts)
+    return PresentedCertificate(ok=True, ms=elapsed_ms(start), subject=tls.subject,
+                                issuer=tls.issuer, spki_sha256=tls.spki_sha256)
 
 
-async def diagnose(job: Job, ctx: Context, observation: Observation) -> dict[str, Phase]:
+async def diagnose(job: Job, ctx: Context, observation: Observation) -> list[Facts]:
     """The steps that apply when every sample failed: other addresses after a connect timeout,
     the certificate after a verification failure, the SNI swap after a handshake timeout,
-    reset, EOF or alert."""
+    reset, EOF or alert (or after the penalty of one: later connects silenced)."""
     if tcp_steps := await other_addresses(job, ctx, observation):
-        return tcp_steps
+        return list(tcp_steps)
     where: tuple[str, int] | None = None
     for sample in observation.samples:
         failed = sample.failed
-        if failed is None or failed[0] != "tls":
+        if failed is None or not isinstance(failed[1], TlsFacts):
             continue
-        if failed[1].failure in (UNTRUSTED_CERTIFICATE, HOSTNAME_MISMATCH):
-            tcp = sample.phases.get("tcp")
-            if tcp is None or not tcp.ok:
-                return {}
-            address, port = tcp.get("address"), tcp.get("port")
-            return {"certificate": await presented_certificate(job, ctx, address, port)}
-        if failed[1].failure not in SWAP_AFTER:
-            return {}
-        if failed[1].get("first_record") == "handshake":
+        tls, tcp = failed[1], sample.get(TcpFacts)
+        if tcp is None or not tcp.ok or tcp.address is None or tcp.port is None:
+            return []
+        if tls.failure in (UNTRUSTED_CERTIFICATE, HOSTNAME_MISMATCH, MALFORMED_CERTIFICATE):
+            return [await presented_certificate(job, ctx, tcp.address, tcp.port)]
+        if tls.failure not in SWAP_AFTER:
+            return []
+        if tls.first_record == "handshake":
             # The server answered this very SNI with a handshake record (a slow or broken
             # server, not a filter, which acts before the server's answer): no swap verdict.
-            return {}
-        tcp = sample.phases.get("tcp")
-        if tcp is not None and tcp.ok:
-            where = (tcp.get("address"), tcp.get("port"))
+            return []
+        where = (tcp.address, tcp.port)
     if where is None:
-        return {}
-    control = ctx.cache.get(_control_key(*where, control_sni(ctx)))
+        return []
+    control = ctx.cache.get(_control_key(*where, ctx.control_sni))
     if not isinstance(control, _Control):
-        return {}
+        return []
     try:
-        phase = await asyncio.shield(control.task)
+        return [await asyncio.shield(control.task)]
     except Exception as exc:  # noqa: BLE001 - the control broke: report it as a failed step
         failure, message = classify_exception(exc)
-        return {"sni_control": Phase(ok=False, failure=failure, error=message)}
-    return {"sni_control": phase.model_copy()}
+        return [SniControl(ok=False, failure=failure, error=message)]
 
 
 # --- the layer -------------------------------------------------------------------------------
 
 
 def budget(job: Job) -> float:
-    """dns, the control (connect + handshake), connect, handshake: five timeouts at most;
-    the engine gives `diagnose` the same budget again."""
-    return job.timeout * 7 + 1.0  # one timeout spare
+    """dns (up to three timeouts), connect (the control's beside it), the control's handshake,
+    the handshake; the engine gives `diagnose` the same budget again."""
+    return job.timeout * 6 + 1.0
 
 
 async def open_tls(
     job: Job, ctx: Context, sample: Sample, alpn: tuple[str, ...] = ()
 ) -> Wire | None:
-    """dns -> (control) -> tcp -> tls for a target; the open Wire, or None after a failure."""
+    """dns -> tcp (beside the control's) -> tls for a target; the open Wire, or None."""
     address = await resolve(job, ctx, sample)
     if address is None:
         return None
     port = target_port(job)
-    await take_control(job, ctx, address, port)
+    control = start_control(job, ctx, address, port)
     sock = await connect(job, ctx, sample, address, port)
     if sock is None:
         return None
+    await await_control(control)
     context = ctx.ssl_context(job.ca_files, alpn=alpn)
     return await handshake(job, ctx, sample, sock, context, target_sni(job))
 
@@ -390,3 +423,6 @@ async def measure(job: Job, ctx: Context) -> Sample:
     if wire is not None:
         wire.abort()  # the handshake is all tls:// asks
     return sample
+
+
+LAYER = Layer(measure=measure, budget=budget, diagnose=diagnose)

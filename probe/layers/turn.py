@@ -9,13 +9,12 @@ once on a connection from the tcp layer and the answer framed by its STUN length
 
 Any other STUN answer (another error, a success) is recorded as `protocol_error` with its code:
 something speaks STUN there, but not as a TURN server would. Text from the server (SOFTWARE,
-the reason phrase) is recorded only with addresses masked: a server may echo ours back.
+the reason phrase) is kept in text fields the engine scrubs: a server may echo our address.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
 from typing import Any
@@ -29,22 +28,16 @@ from probe.failures import (
     classify_exception,
     classify_udp_error,
 )
-from probe.layers import Context
+from probe.layers import Context, Layer
 from probe.layers.dns import resolve
 from probe.layers.tcp import abort, connect
 from probe.layers.udp import open_udp
-from probe.observations import Phase, Sample
+from probe.observations import Sample, TurnFacts
 from probe.wire import stun
 
 RTO_S = 0.5  # RFC 8489 section 6.2.1: first retransmission after 500 ms, then doubling
 SLACK_S = 1.0
-MAX_TEXT = 80  # server-supplied text kept for `detail`: a name and version, not an essay
 _MAX_FRAMES = 16  # answers that are not ours before a TCP peer is judged to be talking nonsense
-
-# Anything that looks like an IPv4 or IPv6 address (a hex run with colons, or 4 dotted numbers).
-# A port after it goes too: with the address, it names the user's NAT mapping.
-_ADDRESS = re.compile(
-    r"\[?(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,})\]?(?::\d{1,5})?")
 
 
 def budget(job: Job) -> float:
@@ -52,13 +45,7 @@ def budget(job: Job) -> float:
     return 3 * job.timeout + SLACK_S
 
 
-def scrub(text: str) -> str:
-    """Server text fit for a result file: addresses masked, control characters dropped."""
-    text = "".join(c for c in text if c.isprintable())[:MAX_TEXT]
-    return _ADDRESS.sub("<address>", text)
-
-
-def judge(answer: stun.Message, start: float, **facts: Any) -> Phase:
+def judge(answer: stun.Message, start: float, **facts: Any) -> TurnFacts:
     """The turn phase from the server's answer to our Allocate (sent first at `start`)."""
     error = answer.find(stun.ErrorCode)
     software = answer.find(stun.Software)
@@ -66,18 +53,18 @@ def judge(answer: stun.Message, start: float, **facts: Any) -> Phase:
         error_code=error.code if error else None,
         realm=answer.find(stun.Realm) is not None,
         nonce=answer.find(stun.Nonce) is not None,
-        software=scrub(software.value) if software else None,
+        software=software.value if software else None,
     )
     ms = _ms(start)
     if error is not None and error.code == 401 and facts["realm"] and facts["nonce"]:
-        return Phase(ok=True, ms=ms, **facts)
+        return TurnFacts(ok=True, ms=ms, **facts)
     if error is not None:
-        what = f"answered the Allocate with error {error.code} {scrub(error.reason)}".rstrip()
+        what = f"answered the Allocate with error {error.code} {error.reason}".rstrip()
     else:
         what = "answered the Allocate with success, without asking for credentials"
     if error is not None and error.code == 401:
         what += " but no REALM and NONCE"
-    return Phase(ok=False, ms=ms, failure=PROTOCOL_ERROR, error=what, **facts)
+    return TurnFacts(ok=False, ms=ms, failure=PROTOCOL_ERROR, error=what, **facts)
 
 
 class _Allocate(asyncio.DatagramProtocol):
@@ -102,7 +89,7 @@ class _Allocate(asyncio.DatagramProtocol):
             self.answer.set_exception(exc)
 
 
-async def over_udp(address: str, port: int, timeout: float) -> Phase:
+async def over_udp(address: str, port: int, timeout: float) -> TurnFacts:
     request = stun.allocate_request()
     data = stun.encode_message(request)
     start = time.perf_counter()
@@ -111,7 +98,7 @@ async def over_udp(address: str, port: int, timeout: float) -> Phase:
         transport, protocol = open_udp(lambda: _Allocate(request), address, port)
     except OSError as exc:  # no route, no IPv6 here...
         failure, message = classify_udp_error(exc)
-        return Phase(ok=False, ms=_ms(start), failure=failure, error=message, **facts)
+        return TurnFacts(ok=False, ms=_ms(start), failure=failure, error=message, **facts)
     try:
         async with asyncio.timeout(timeout):
             wait = RTO_S
@@ -125,7 +112,7 @@ async def over_udp(address: str, port: int, timeout: float) -> Phase:
         failure, message = classify_udp_error(exc)
         if failure == TIMEOUT:
             message = f"no answer to a TURN Allocate within {timeout:g} s (sent {facts['sent']}x)"
-        return Phase(ok=False, ms=_ms(start), failure=failure, error=message,
+        return TurnFacts(ok=False, ms=_ms(start), failure=failure, error=message,
                      malformed=protocol.malformed, **facts)
     finally:
         transport.close()
@@ -149,7 +136,7 @@ async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> b
     return data
 
 
-async def over_tcp(sock: socket.socket, port: int, timeout: float) -> Phase:
+async def over_tcp(sock: socket.socket, port: int, timeout: float) -> TurnFacts:
     loop = asyncio.get_running_loop()
     request = stun.allocate_request()
     start = time.perf_counter()
@@ -169,14 +156,14 @@ async def over_tcp(sock: socket.socket, port: int, timeout: float) -> Phase:
                 if skipped >= _MAX_FRAMES:
                     raise Failed(PROTOCOL_ERROR, f"{skipped} STUN frames, none our answer")
     except stun.StunCodecError as exc:
-        return Phase(ok=False, ms=_ms(start), failure=PROTOCOL_ERROR,
+        return TurnFacts(ok=False, ms=_ms(start), failure=PROTOCOL_ERROR,
                      error=f"not a STUN answer: {exc}", transport="tcp", port=port,
                      malformed=skipped)
     except (OSError, TimeoutError, Failed) as exc:
         failure, message = classify_exception(exc)
         if failure == TIMEOUT:
             message = f"no answer to a TURN Allocate over TCP within {timeout:g} s"
-        return Phase(ok=False, ms=_ms(start), failure=failure, error=message,
+        return TurnFacts(ok=False, ms=_ms(start), failure=failure, error=message,
                      transport="tcp", port=port, malformed=skipped)
     finally:
         abort(sock)
@@ -194,7 +181,10 @@ async def measure(job: Job, ctx: Context) -> Sample:
         sock = await connect(job, ctx, sample, address, port)
         if sock is None:
             return sample
-        sample.add("turn", await over_tcp(sock, port, job.timeout))
+        sample.add(await over_tcp(sock, port, job.timeout))
     else:
-        sample.add("turn", await over_udp(address, port, job.timeout))
+        sample.add(await over_udp(address, port, job.timeout))
     return sample
+
+
+LAYER = Layer(measure=measure, budget=budget)

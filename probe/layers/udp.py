@@ -21,6 +21,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from probe.scrub import remember_socket
+
 MAX_DATAGRAM = 65535
 
 P = TypeVar("P", bound=asyncio.DatagramProtocol)
@@ -35,6 +37,7 @@ class UDPSocket(asyncio.DatagramTransport):
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self._peer: tuple[Any, ...] = sock.getpeername()  # connected: every datagram is its
 
     def _readable(self) -> None:
         # One datagram per wake-up, as asyncio reads: the loop calls again while more wait
@@ -46,7 +49,7 @@ class UDPSocket(asyncio.DatagramTransport):
         except OSError as exc:  # an ICMP error for an earlier datagram
             self._protocol.error_received(exc)
             return
-        self._protocol.datagram_received(data, None)
+        self._protocol.datagram_received(data, self._peer)
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closed:
@@ -89,6 +92,7 @@ def open_udp(protocol_factory: Callable[[], P], address: str, port: int) -> tupl
     except BaseException:
         sock.close()
         raise
+    remember_socket(sock)  # our source port: never to be stored, whatever a server echoes
     transport = UDPSocket(sock, protocol)
     transport._loop.add_reader(sock.fileno(), transport._readable)
     try:

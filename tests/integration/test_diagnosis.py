@@ -30,7 +30,7 @@ def test_untrusted_certificate_names_its_issuer(run: Any, make_catalog: Callable
     assert observation.samples[0].failed[1].failure == "untrusted_certificate"
     certificate = observation.diagnosis["certificate"]
     assert certificate.ok
-    assert "interceptor" in certificate.get("issuer")  # the mock's untrusted CA says so
+    assert "interceptor" in certificate.issuer  # the mock's untrusted CA says so
     assert "sni_control" not in observation.diagnosis  # no SNI swap after a certificate error
 
 
@@ -62,7 +62,7 @@ def test_connect_timeout_tries_the_names_other_addresses(run: Any,
     failed = observation.samples[0].failed
     assert failed is not None and failed[0] == "tcp" and failed[1].failure == "timeout"
     step = observation.diagnosis["other_addresses"]
-    assert step.ok and step.get("connected") == ["127.0.0.3"]
+    assert step.ok and step.connected == ["127.0.0.3"]
 
 
 async def measure_first(loaded: Any) -> Any:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from probe import catalog, history
-from probe.observations import Observation, Phase, Sample
+from builders import Facts, facts
+from probe.observations import Observation, Sample
 from probe.results import Run, TargetResult
 from probe.runner import Runner
 
@@ -45,35 +46,35 @@ def judged(observations: dict[str, Observation], text: str = CATALOG) -> Run:
     return r.finish()
 
 
-def obs(*samples: dict[str, Phase]) -> Observation:
+def obs(*samples: dict[str, Facts]) -> Observation:
     return Observation(samples=[Sample(phases=dict(s)) for s in samples])
 
 
 def ok_run(rtt: float = 2.0) -> Run:
     return judged({
-        "tcp://127.0.0.1:9": obs({"tcp": Phase(ok=True, ms=1.0)}),
-        "tcp://127.0.0.1:1234": obs(*({"tcp": Phase(ok=True, ms=rtt + i, rtt_ms=rtt)}
+        "tcp://127.0.0.1:9": obs({"tcp": facts(ok=True, ms=1.0)}),
+        "tcp://127.0.0.1:1234": obs(*({"tcp": facts(ok=True, ms=rtt + i, rtt_ms=rtt)}
                                       for i in range(3))),
-        "stun://127.0.0.1:3478": obs({"stun": Phase(ok=True, ms=30.0, sent=10, lost=1,
+        "stun://127.0.0.1:3478": obs({"stun": facts(ok=True, ms=30.0, sent=10, lost=1,
                                                     rtt_ms=[4.0, 5.0, 6.0])}),
-        "https://127.0.0.1:8443/": obs(*({"tcp": Phase(ok=True, ms=1.0),
-                                          "tls": Phase(ok=True, ms=3.0),
-                                          "http": Phase(ok=True, ms=9.0, status=200,
-                                                        bytes=1000, throughput_bps=8e6 + i)}
+        "https://127.0.0.1:8443/": obs(*({"tcp": facts(ok=True, ms=1.0),
+                                          "tls": facts(ok=True, ms=3.0),
+                                          "http": facts(ok=True, ms=9.0, status=200,
+                                                        bytes=1000, throughput=8_000_000 + i)}
                                          for i in range(3))),
     })
 
 
 def blocked_run() -> Run:
-    refused = Phase(ok=False, ms=0.1, failure="connection_refused", error="refused")
+    refused = facts(ok=False, ms=0.1, failure="connection_refused", error="refused")
     run = ok_run()
     blocked = judged({
-        "tcp://127.0.0.1:9": obs({"tcp": Phase(ok=True, ms=1.0)}),
+        "tcp://127.0.0.1:9": obs({"tcp": facts(ok=True, ms=1.0)}),
         "tcp://127.0.0.1:1234": obs({"tcp": refused}, {"tcp": refused}),
-        "stun://127.0.0.1:3478": obs({"stun": Phase(ok=False, ms=5000.0, failure="timeout",
+        "stun://127.0.0.1:3478": obs({"stun": facts(ok=False, ms=5000.0, failure="timeout",
                                                     sent=3, lost=3)}),
-        "https://127.0.0.1:8443/": obs({"tcp": Phase(ok=True, ms=1.0),
-                                        "tls": Phase(ok=False, ms=5000.0, failure="timeout")}),
+        "https://127.0.0.1:8443/": obs({"tcp": facts(ok=True, ms=1.0),
+                                        "tls": facts(ok=False, ms=5000.0, failure="timeout")}),
     })
     assert run.targets[0].status == "ok" and blocked.targets[0].reason == "tcp.reset"
     return blocked
@@ -82,43 +83,44 @@ def blocked_run() -> Run:
 # --- metrics_of ----------------------------------------------------------------------------
 
 
-def target(*samples: dict[str, Phase]) -> TargetResult:
+def target(*samples: dict[str, Facts]) -> TargetResult:
     return TargetResult(platform="p", feature="f", url="tcp://127.0.0.1:1", status="ok",
                         reason="ok", observation=obs(*samples))
 
 
 @pytest.mark.parametrize(("samples", "expected"), [
     ((), (None, None, None)),
-    (({"tcp": Phase(ok=True, ms=10.0)}, {"tcp": Phase(ok=True, ms=30.0)}), (20.0, None, None)),
+    (({"tcp": facts(ok=True, ms=10.0)}, {"tcp": facts(ok=True, ms=30.0)}), (20.0, None, None)),
     # the kernel's RTT wins over wall time when the layer recorded it
-    (({"tcp": Phase(ok=True, ms=10.0, rtt_ms=0.5)},), (0.5, None, None)),
+    (({"tcp": facts(ok=True, ms=10.0, rtt_ms=0.5)},), (0.5, None, None)),
     # a failed connect's duration is no round trip
-    (({"tcp": Phase(ok=False, ms=5000.0, failure="timeout")},), (None, None, None)),
-    (({"dns": Phase(ok=True, ms=7.0)},), (7.0, None, None)),
-    (({"dns": Phase(ok=True, ms=7.0), "tcp": Phase(ok=True, ms=3.0)},), (3.0, None, None)),
-    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=100.0, bytes=1000)},),
+    (({"tcp": facts(ok=False, ms=5000.0, failure="timeout")},), (None, None, None)),
+    (({"dns": facts(ok=True, ms=7.0)},), (7.0, None, None)),
+    (({"dns": facts(ok=True, ms=7.0), "tcp": facts(ok=True, ms=3.0)},), (3.0, None, None)),
+    (({"tcp": facts(ok=True, ms=1.0), "http": facts(ok=True, ms=100.0, bytes=1000)},),
      (1.0, 80_000.0, None)),
-    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=1.6, throughput_bps=5e6, bytes=1000)},),
+    (({"tcp": facts(ok=True, ms=1.0), "http": facts(ok=True, ms=1.6, throughput_bps=5e6, bytes=1000)},),
      (1.0, 5e6, None)),
     # what the http layer records: `throughput` (bit/s), `bytes` over `transfer_ms`
-    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=True, ms=9.0, throughput=4e6, bytes=4500)},),
+    (({"tcp": facts(ok=True, ms=1.0), "http": facts(ok=True, ms=9.0, throughput=4e6, bytes=4500)},),
      (1.0, 4e6, None)),
-    (({"tcp": Phase(ok=True, ms=1.0),
-       "http": Phase(ok=True, ms=200.0, bytes=1000, transfer_ms=100.0)},), (1.0, 80_000, None)),
+    (({"tcp": facts(ok=True, ms=1.0),
+       "http": facts(ok=True, ms=200.0, bytes=1000, transfer_ms=100.0)},), (1.0, 80_000, None)),
     # a stalled transfer is no throughput
-    (({"tcp": Phase(ok=True, ms=1.0), "http": Phase(ok=False, failure="stall", throughput=8.0)},),
+    (({"tcp": facts(ok=True, ms=1.0), "http": facts(ok=False, failure="stall", throughput=8.0)},),
      (1.0, None, None)),
     # quic: the first answer to the Initial is one round trip; the handshake is more
-    (({"quic": Phase(ok=True, ms=30.0, ms_first_packet=11.0)},), (11.0, None, None)),
-    (({"turn": Phase(ok=True, ms=12.0, error_code=401)},), (12.0, None, None)),
-    (({"stun": Phase(ok=True, ms=9.0, sent=10, lost=3, rtt_ms=[1.0, 2.0, 9.0])},),
+    (({"quic": facts(ok=True, ms=30.0, ms_first_packet=11.0)},), (11.0, None, None)),
+    (({"turn": facts(ok=True, ms=12.0, error_code=401)},), (12.0, None, None)),
+    (({"stun": facts(ok=True, ms=9.0, sent=10, lost=3, rtt_ms=[1.0, 2.0, 9.0])},),
      (2.0, None, 0.3)),
-    (({"stun": Phase(ok=True, ms=9.0, sent=4, received=3)},), (9.0, None, 0.25)),
-    (({"stun": Phase(ok=False, failure="timeout", sent=5, lost=5)},), (None, None, 1.0)),
-    # facts of the wrong type or missing are ignored, never a crash
-    (({"stun": Phase(ok=True, sent="x", lost=None, rtt_ms="fast")},), (None, None, None)),
+    (({"stun": facts(ok=True, ms=9.0, sent=4, answered=3)},), (9.0, None, 0.25)),
+    (({"stun": facts(ok=False, failure="timeout", sent=5, lost=5)},), (None, None, 1.0)),
+    # a key no layer writes (an older name, a later version's) is kept, and not read
+    (({"stun": facts(ok=True, sent=4, lost=None, rtt_median_ms=None, received=3)},),
+     (None, None, None)),
 ])
-def test_metrics_of(samples: tuple[dict[str, Phase], ...],
+def test_metrics_of(samples: tuple[dict[str, Facts], ...],
                     expected: tuple[float | None, float | None, float | None]) -> None:
     assert history.metrics_of(target(*samples)) == expected
 
@@ -284,7 +286,7 @@ def test_sparkline() -> None:
 
 WRITER = textwrap.dedent("""
     import sys
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {tests!r} + '/..']
     from test_history import ok_run, blocked_run
     from probe import history
     for i in range({n}):

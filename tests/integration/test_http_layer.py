@@ -17,7 +17,7 @@ from probe.catalog import Job, LoadedCatalog, Settings
 from probe.layers import Context, http
 from probe.mock.certs import TestCA
 from probe.mock.tls import ServerTLS, TLSServer
-from probe.observations import Phase
+from probe.observations import HttpFacts
 
 NAME = "mock.test"
 Script = Callable[[ServerTLS], Awaitable[None]]
@@ -50,7 +50,7 @@ class ScriptedServer(TLSServer):
             self.ends.append("fin")
 
 
-async def measure(server: ScriptedServer, job_for: JobFor) -> tuple[Phase, str]:
+async def measure(server: ScriptedServer, job_for: JobFor) -> tuple[HttpFacts, str]:
     """One sample against `server`: its http phase and how the client closed."""
     async with server:
         job, settings = job_for(server.port)
@@ -92,7 +92,7 @@ def h1(reply: bytes) -> Script:
 
 
 def run_h1(run: Any, test_ca: TestCA, job_for: JobFor, script: Script
-           ) -> tuple[Phase, str]:
+           ) -> tuple[HttpFacts, str]:
     return run(measure(ScriptedServer(script, ca=test_ca, alpn=("http/1.1",)), job_for))
 
 
@@ -108,8 +108,8 @@ def test_h1_request_and_whole_response_end_with_fin(run: Any, test_ca: TestCA,
         await tls.send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
 
     phase, end = run_h1(run, test_ca, job_for, script)
-    assert phase.ok and phase.get("status") == 200 and phase.get("bytes") == 5
-    assert phase.get("http_version") == "HTTP/1.1" and phase.get("ttfb_ms") is not None
+    assert phase.ok and phase.status == 200 and phase.bytes == 5
+    assert phase.http_version == "HTTP/1.1" and phase.ttfb_ms is not None
     assert end == "fin"
     request = seen[0].decode().lower()
     assert request.startswith("get /path http/1.1\r\n")
@@ -135,7 +135,7 @@ def test_h1_close_mid_body_is_eof_with_the_bytes_so_far(run: Any, test_ca: TestC
     phase, end = run_h1(run, test_ca, job_for,
                         h1(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + bytes(1000)))
     assert not phase.ok and phase.failure == "eof", phase
-    assert phase.get("status") == 200 and phase.get("bytes") == 1000
+    assert phase.status == 200 and phase.bytes == 1000
     assert end == "rst"
 
 
@@ -143,7 +143,7 @@ def test_h1_body_until_close_is_whole(run: Any, test_ca: TestCA,
                                       job_for: JobFor) -> None:
     phase, end = run_h1(run, test_ca, job_for,
                         h1(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + bytes(70000)))
-    assert phase.ok and phase.get("bytes") == 70000 and not phase.get("truncated"), phase
+    assert phase.ok and phase.bytes == 70000 and not phase.truncated, phase
     assert end == "fin"
 
 
@@ -154,7 +154,7 @@ def test_h1_block_page_and_bad_redirect(run: Any, test_ca: TestCA,
     assert phase.failure == "http_status" and phase.error == "HTTP 403" and end == "rst"
     phase, _ = run_h1(run, test_ca, job_for, h1(
         b"HTTP/1.1 302 Found\r\nlocation: http://[junk/\r\ncontent-length: 0\r\n\r\n"))
-    assert phase.ok and phase.get("status") == 302 and phase.get("location_host") is None
+    assert phase.ok and phase.status == 302 and phase.location_host is None
 
 
 # --- HTTP/2 ----------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ async def _maybe(result: Awaitable[None] | None) -> None:
 
 
 def run_h2(run: Any, test_ca: TestCA, job_for: JobFor, script: Script
-           ) -> tuple[Phase, str]:
+           ) -> tuple[HttpFacts, str]:
     return run(measure(ScriptedServer(script, ca=test_ca, alpn=("h2", "http/1.1")), job_for))
 
 
@@ -211,8 +211,8 @@ def test_h2_body_far_beyond_the_initial_window_arrives_whole(
 
     phase, end = run_h2(run, test_ca, job_for, h2_server(answer, body=size))
     assert phase.ok, phase
-    assert phase.get("http_version") == "HTTP/2" and phase.get("status") == 200
-    assert phase.get("bytes") == size and not phase.get("truncated")
+    assert phase.http_version == "HTTP/2" and phase.status == 200
+    assert phase.bytes == size and not phase.truncated
     assert end == "fin"
 
 
@@ -260,7 +260,7 @@ def test_h2_close_before_the_end_is_eof(run: Any, test_ca: TestCA,
 
     phase, _ = run_h2(run, test_ca, job_for, script)
     assert not phase.ok and phase.failure == "eof", phase
-    assert phase.get("status") == 200
+    assert phase.status == 200
 
 
 def test_h2_endless_body_stops_at_the_byte_cap(run: Any, test_ca: TestCA,
@@ -273,6 +273,6 @@ def test_h2_endless_body_stops_at_the_byte_cap(run: Any, test_ca: TestCA,
         conn.send_headers(stream, [(":status", "200")])
 
     phase, end = run_h2(run, test_ca, job_for, h2_server(answer, body=size))
-    assert phase.ok and phase.get("capped") is True, phase
-    assert http.BYTE_CAP <= phase.get("bytes") < http.BYTE_CAP + 65536
+    assert phase.ok and phase.capped is True, phase
+    assert http.BYTE_CAP <= phase.bytes < http.BYTE_CAP + 65536
     assert end == "rst"

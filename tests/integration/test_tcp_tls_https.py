@@ -46,8 +46,8 @@ def test_tcp_ok_records_kernel_rtt_and_port(run: Any, make_catalog: MakeCatalog)
     result = run(measure_one(server, {"url": "tcp://127.0.0.1:{port}"}, make_catalog))
     assert (result.status, result.reason) == ("ok", "ok")
     tcp = result.observation.samples[0].phases["tcp"]
-    assert tcp.get("port") == server.port
-    assert tcp.get("rtt_ms") is not None and tcp.get("rtt_ms") >= 0
+    assert tcp.port == server.port
+    assert tcp.rtt_ms is not None and tcp.rtt_ms >= 0
 
 
 def test_tcp_refused_port_is_tcp_reset(run: Any, make_catalog: MakeCatalog) -> None:
@@ -105,16 +105,16 @@ def test_tls_behaviour_gives_its_reason(
     result = run(measure_one(server, target, make_catalog, ca_file=ca_file))
     assert result.reason == reason, result.detail
     tls = result.observation.samples[0].phases["tls"]
-    assert tls.get("sni") == "mock.test"
+    assert tls.sni == "mock.test"
     if behaviour == "ok":
-        assert tls.get("version", "").startswith("TLS")
-        assert tls.get("issuer") == "CN=probe test CA"
-        assert len(tls.get("spki_sha256", "")) == 64
+        assert (tls.version or "").startswith("TLS")
+        assert tls.issuer == "CN=probe test CA"
+        assert len(tls.spki_sha256 or "") == 64
     # The SNI swap is reported after timeout/reset/eof/alert only, never after a certificate error.
     diagnosis = result.observation.diagnosis
     if behaviour in ("reset_after_hello", "silent_after_hello", "close_after_hello", "alert"):
         control = diagnosis["sni_control"]
-        assert control.get("sni") == "example.com"
+        assert control.sni == "example.com"
         # this mock treats every SNI alike: only an alert means the server was reached
         assert control.ok is (behaviour == "alert")
     else:
@@ -132,8 +132,8 @@ def test_sni_filter_is_diagnosed_by_the_control(
                              control_sni="control.test"))
     assert result.observation.samples[0].phases["tls"].failure == "connection_reset"
     control = result.observation.diagnosis["sni_control"]
-    assert control.ok and control.get("sni") == "control.test"
-    assert control.get("reply") == "server_hello"
+    assert control.ok and control.sni == "control.test"
+    assert control.reply == "server_hello"
     # Taken before the samples, so a residual block triggered by them cannot spoil it.
     assert server.hellos == ["control.test", "blocked.test", "blocked.test"]
     assert result.reason in ("tls.reset", "tls.sni_filtered")
@@ -169,10 +169,10 @@ def test_https_ok_1mib_with_throughput(run: Any, make_catalog: MakeCatalog, test
     phases = result.observation.samples[0].phases
     assert list(phases) == ["tcp", "tls", "http"]  # an address is given: no dns phase
     http = phases["http"]
-    assert http.get("status") == 200 and http.get("bytes") == 1 << 20
-    assert http.get("http_version") == "HTTP/1.1" and phases["tls"].get("alpn") == "http/1.1"
-    assert http.get("throughput") > 1e6 and http.get("ttfb_ms") is not None
-    assert not http.get("truncated")
+    assert http.status == 200 and http.bytes == 1 << 20
+    assert http.http_version == "HTTP/1.1" and phases["tls"].alpn == "http/1.1"
+    assert http.throughput > 1e6 and http.ttfb_ms is not None
+    assert not http.truncated
 
 
 def test_https_block_page_is_http_status(run: Any, make_catalog: MakeCatalog, test_ca: Any,
@@ -180,15 +180,15 @@ def test_https_block_page_is_http_status(run: Any, make_catalog: MakeCatalog, te
     result = https("forbidden", "/", run, make_catalog, test_ca, ca_file)
     assert (result.status, result.reason) == ("blocked", "http.status")
     http = result.observation.samples[0].phases["http"]
-    assert http.get("status") == 403 and http.failure == "http_status"
-    assert http.get("bytes") == len(HTTPSServer.BLOCK_PAGE)
+    assert http.status == 403 and http.failure == "http_status"
+    assert http.bytes == len(HTTPSServer.BLOCK_PAGE)
 
 
 def test_https_redirect_keeps_location_host(run: Any, make_catalog: MakeCatalog, test_ca: Any,
                                             ca_file: str) -> None:
     result = https("redirect", "/", run, make_catalog, test_ca, ca_file, portal="portal.test")
     http = result.observation.samples[0].phases["http"]
-    assert http.get("status") == 302 and http.get("location_host") == "portal.test"
+    assert http.status == 302 and http.location_host == "portal.test"
     assert result.reason == "ok"  # the captive-portal verdict is the classifier's, from facts
 
 
@@ -197,7 +197,7 @@ def test_https_stall_after_16k(run: Any, make_catalog: MakeCatalog, test_ca: Any
     result = https("stall", "/1mib", run, make_catalog, test_ca, ca_file)
     assert (result.status, result.reason) == ("blocked", "http.stall")
     http = result.observation.samples[0].phases["http"]
-    assert http.failure == "stall" and http.get("bytes") == 16 * 1024
+    assert http.failure == "stall" and http.bytes == 16 * 1024
     assert "16384 body bytes" in (http.error or "")
 
 
@@ -207,9 +207,9 @@ def test_https_throttled_transfer_is_ok_and_slow(run: Any, make_catalog: MakeCat
     result = https("throttle", "/1mib", run, make_catalog, test_ca, ca_file, rate=128_000)
     assert result.reason in ("ok", "http.throttled"), result.detail
     http = result.observation.samples[0].phases["http"]
-    assert http.ok and http.get("truncated")
-    assert 64_000 < http.get("throughput") < 200_000
-    assert 0 < http.get("bytes") < 1 << 20
+    assert http.ok and http.truncated
+    assert 64_000 < http.throughput < 200_000
+    assert 0 < http.bytes < 1 << 20
 
 
 def test_https_throttled_below_timeout_per_record_is_not_a_stall(
@@ -220,13 +220,13 @@ def test_https_throttled_below_timeout_per_record_is_not_a_stall(
                    chunk=16384)  # one 16 KiB record takes 1.4 s > the 0.5 s timeout
     http = result.observation.samples[0].phases["http"]
     assert http.ok, http.error
-    assert http.get("truncated")
+    assert http.truncated
 
 
 def test_https_over_http2(run: Any, make_catalog: MakeCatalog, test_ca: Any, ca_file: str) -> None:
     result = https("ok", "/", run, make_catalog, test_ca, ca_file, http2=True)
     assert (result.status, result.reason) == ("ok", "ok"), result.detail
     phases = result.observation.samples[0].phases
-    assert phases["tls"].get("alpn") == "h2"
-    assert phases["http"].get("http_version") == "HTTP/2"
-    assert phases["http"].get("status") == 200 and phases["http"].get("bytes") > 0
+    assert phases["tls"].alpn == "h2"
+    assert phases["http"].http_version == "HTTP/2"
+    assert phases["http"].status == 200 and phases["http"].bytes > 0

@@ -280,7 +280,7 @@ def test_history_command_errors(tmp_path: Path) -> None:
 
 MID_WRITE = """
 import sys, time
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {tests!r} + '/..']
 from test_history import ok_run
 from probe import history
 history.record_to({db!r}, ok_run())

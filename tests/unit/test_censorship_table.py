@@ -12,7 +12,8 @@ import pytest
 
 from probe import classify
 from probe.classify import Subject
-from probe.observations import Observation, Phase, Sample
+from builders import Facts, judge_subject, obs, ph, run_of
+from probe.observations import Observation, Sample
 from probe.results import CatalogRef, NetworkResult, Run, TargetResult
 
 # --- builders --------------------------------------------------------------------------------
@@ -20,26 +21,21 @@ from probe.results import CatalogRef, NetworkResult, Run, TargetResult
 IP = "157.240.1.1"
 
 
-def ph(ok: bool = True, ms: float | None = 10.0, failure: str | None = None,
-       **facts: Any) -> Phase:
-    return Phase(ok=ok, ms=ms, failure=failure, error=facts.pop("error", None), **facts)
-
-
-def dns_ok(name: str = "web.example.org", answers: tuple[str, ...] = (IP,), **facts: Any) -> Phase:
+def dns_ok(name: str = "web.example.org", answers: tuple[str, ...] = (IP,), **facts: Any) -> Facts:
     return ph(ms=3.0, name=name, answers=list(answers), crosscheck_answers=list(answers),
               **facts)
 
 
-def tcp_ok(rtt: float = 40.0, address: str = IP) -> Phase:
+def tcp_ok(rtt: float = 40.0, address: str = IP) -> Facts:
     return ph(ms=rtt + 1, rtt_ms=rtt, address=address, port=443)
 
 
-def tls_ok(issuer: str = "CN=Platform CA", spki: str = "aa") -> Phase:
+def tls_ok(issuer: str = "CN=Platform CA", spki: str = "aa") -> Facts:
     return ph(ms=80.0, sni="web.example.org", version="TLSv1.3", issuer=issuer,
               subject="CN=web.example.org", spki_sha256=spki)
 
 
-def http_ok(rate: float = 50e6, size: int = 1 << 20, status: int = 200, **facts: Any) -> Phase:
+def http_ok(rate: float = 50e6, size: int = 1 << 20, status: int = 200, **facts: Any) -> Facts:
     transfer_ms = size * 8 / rate * 1000
     return ph(ms=transfer_ms, status=status, bytes=size, transfer_ms=transfer_ms,
               throughput=round(rate), ttfb_ms=40.0, **facts)
@@ -50,7 +46,7 @@ def https(rtt: float = 40.0, rate: float = 50e6, size: int = 1 << 20, **tls: Any
                           "http": http_ok(rate, size)})
 
 
-def failing(layer: str, failure: str, before: dict[str, Phase] | None = None,
+def failing(layer: str, failure: str, before: dict[str, Facts] | None = None,
             **facts: Any) -> Sample:
     phases = dict(before if before is not None else {"dns": dns_ok()})
     phases[layer] = ph(ok=False, ms=facts.pop("ms", 5000.0), failure=failure,
@@ -73,21 +69,11 @@ def stun(sent: int, lost: int, rtt: float = 60.0, ok: bool | None = None,
     return Sample(phases={"dns": dns_ok("stun.example.org"), "stun": phase})
 
 
-def obs(*samples: Sample, **diagnosis: Phase) -> Observation:
-    return Observation(samples=list(samples), diagnosis=diagnosis)
-
-
 def target(url: str, observation: Observation, baseline: Run | None = None,
            expect: dict[str, float] | None = None, platform: str | None = "app",
            feature: str | None = "web") -> TargetResult:
     subject = Subject(platform, feature, url, expect=expect or {})
-    return classify.judge_subject(subject, observation, baseline)
-
-
-def run_of(targets: list[TargetResult], controls: list[TargetResult] | None = None) -> Run:
-    return Run(probe_version="t", started_at="", finished_at="",
-               catalog=CatalogRef(path="", sha256=""),
-               network=NetworkResult(status="ok", controls=controls or []), targets=targets)
+    return judge_subject(subject, observation, baseline)
 
 
 def baseline_of(url: str, observation: Observation) -> Run:
@@ -293,7 +279,7 @@ def test_lookalike_no_network_at_all() -> None:
     targets = [target(TCP, obs(*[failing("tcp", "timeout")] * 3)),
                target(STUN, obs(stun(3, 3))),
                target(WEB, obs(https()))]
-    classify.apply_network(network, targets)
+    targets = classify.apply_network(network, targets)
     assert [(t.status, t.reason) for t in targets] == [
         ("inconclusive", "network.down"), ("inconclusive", "network.down"), ("ok", "ok")]
     assert targets[0].detail.startswith("tcp.timeout")
@@ -315,7 +301,7 @@ def test_lookalike_captive_portal() -> None:
     assert "192.168.88.1" in network.detail
     targets = [_portal_control(WEB, "web.example.org"), target(STUN, obs(stun(3, 3)))]
     targets[0].platform = "app"
-    classify.apply_network(network, targets)
+    targets = classify.apply_network(network, targets)
     assert {(t.status, t.reason) for t in targets} == {("inconclusive", "network.captive")}
 
 
@@ -333,11 +319,10 @@ def test_technique_rows_cover_the_document() -> None:
     """One row per line of each CENSORSHIP.md table (a guard against a row left out)."""
     from pathlib import Path
 
-    candidates = [Path(__file__).parents[2] / "docs" / "CENSORSHIP.md",
-                  Path("/work/shared/CENSORSHIP.md")]
-    text = next((c for c in candidates if c.exists()), None)
-    if text is None:
-        pytest.skip("CENSORSHIP.md not found")
+    # the steering repository's shared/ folder, beside the project's checkout
+    text = Path(__file__).resolve().parents[3] / "shared" / "CENSORSHIP.md"
+    if not text.exists():
+        pytest.skip(f"{text} is not beside this checkout")
     lines = text.read_text(encoding="utf-8").splitlines()
     techniques = _table_rows(lines, "| technique |")
     lookalikes = _table_rows(lines, "| condition |")

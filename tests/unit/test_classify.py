@@ -10,18 +10,15 @@ import pytest
 
 from probe import catalog, classify
 from probe.catalog import Job
-from probe.classify import Subject, binomial_tail, combine
+from probe.classify import Subject, combine
+from probe.classify.udp import binomial_tail
 from probe.metrics import metrics_of
-from probe.observations import Observation, Phase, Sample
+from builders import judge_subject, obs, ph, run_of
+from probe.observations import Observation, Sample
 from probe.results import CatalogRef, NetworkResult, Run, TargetResult, read_run
 from probe.thresholds import DEFAULT, Thresholds
 
 IP = "157.240.1.1"
-
-
-def ph(ok: bool = True, ms: float | None = 10.0, failure: str | None = None,
-       **facts: Any) -> Phase:
-    return Phase(ok=ok, ms=ms, failure=failure, **facts)
 
 
 def tcp(rtt: float = 40.0) -> Sample:
@@ -46,23 +43,13 @@ def stun(sent: int, lost: int) -> Sample:
                                      failure=None if sent > lost else "timeout")})
 
 
-def obs(*samples: Sample, **diagnosis: Phase) -> Observation:
-    return Observation(samples=list(samples), diagnosis=diagnosis)
-
-
 def judge(url: str, observation: Observation, baseline: Observation | None = None,
           expect: dict[str, float] | None = None, th: Thresholds = DEFAULT) -> TargetResult:
     subject = Subject("app", "f", url, expect=expect or {})
     base = None
     if baseline is not None:
-        base = run_of([classify.judge_subject(Subject("app", "f", url), baseline)])
-    return classify.judge_subject(subject, observation, base, th)
-
-
-def run_of(targets: list[TargetResult], controls: list[TargetResult] | None = None) -> Run:
-    return Run(probe_version="t", started_at="", finished_at="",
-               catalog=CatalogRef(path="", sha256=""),
-               network=NetworkResult(status="ok", controls=controls or []), targets=targets)
+        base = run_of([judge_subject(Subject("app", "f", url), baseline)])
+    return judge_subject(subject, observation, base, th)
 
 
 TCP = "tcp://chat.example.org:5222"
@@ -240,7 +227,7 @@ def test_other_addresses_connected_are_listed() -> None:
 def control(ok: bool, domestic: bool = False, failure: str = "timeout") -> TargetResult:
     observation = obs(tcp()) if ok else obs(tcp_fail(failure, 0.1 if failure != "timeout" else 5000))
     subject = Subject(None, None, f"tcp://{IP}:{443 + domestic}", domestic=domestic)
-    return classify.judge_subject(subject, observation)
+    return judge_subject(subject, observation)
 
 
 NETWORK_CASES = [
@@ -267,7 +254,7 @@ def test_allowlist_keeps_targets_blocked_and_says_so() -> None:
     network = classify.judge_network([control(False), control(True, domestic=True)])
     assert "allowlist" in network.detail
     targets = [judge(TCP, obs(*[tcp_fail()] * 3))]
-    classify.apply_network(network, targets)
+    targets = classify.apply_network(network, targets)
     assert targets[0].status == "blocked"
 
 
@@ -344,7 +331,8 @@ def live(world: str, baseline: Run | None = None) -> Run:
     needs = {(pid, fid): f.need for pid, p in loaded.catalog.platforms.items()
              for fid, f in p.features.items()}
     names = {pid: p.name for pid, p in loaded.catalog.platforms.items()}
-    network, targets, features, platforms = classify.judge_run(done, needs, names, baseline)
+    network, targets, features, platforms = classify.judge_run(done, needs, names,
+                                                                  classify.Baseline.of(baseline))
     return Run(probe_version="t", started_at="s", finished_at="f",
                catalog=CatalogRef(path="x", sha256=""), network=network, targets=targets,
                features=features, platforms=platforms)

@@ -11,31 +11,35 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probe import classify_dns as C
-from probe.classify_dns import BaselineDns, is_bogon, is_public_name, judge, judge_phase
-from probe.layers.dns import parse_reply, system_nameservers
-from probe.mock.dns import build_reply
-from probe.observations import Observation, Phase, Sample
+from probe.classify import dns as C
+from probe.classify.dns import BaselineDns, judge, judge_phase
+from probe.classify.verdict import Verdict
+from probe.observations import DnsFacts, Observation, Sample, TcpFacts
 from probe.results import TargetResult
 
 NAME = "web.whatsapp.com"
 
 
-def phase(**facts: Any) -> Phase:
+def phase(**facts: Any) -> DnsFacts:
     facts.setdefault("ok", True)
     facts.setdefault("name", NAME)
     facts.setdefault("resolver", "system")
-    return Phase.model_validate(facts)
+    return DnsFacts.model_validate(facts)
 
 
-def failed(failure: str, **facts: Any) -> Phase:
+def sr(verdict: Verdict | None) -> tuple[str, str] | None:
+    """(status, reason) of a verdict, or None."""
+    return None if verdict is None else (verdict.status, verdict.reason)
+
+
+def failed(failure: str, **facts: Any) -> DnsFacts:
     return phase(ok=False, failure=failure, answers=[], **facts)
 
 
 OK = ("ok",)  # the verdict is None: nothing to complain about
 
 # (case, phase facts, baseline, expected (status, reason) or OK), in the order judge_phase decides
-CASES: list[tuple[str, Phase, BaselineDns | None, tuple[str, ...]]] = [
+CASES: list[tuple[str, DnsFacts, BaselineDns | None, tuple[str, ...]]] = [
     ("nxdomain, cross-check resolves",
      failed("nxdomain", crosscheck_answers=["157.240.1.1"], crosscheck_rcode="NOERROR"), None,
      ("blocked", "dns.nxdomain")),
@@ -115,15 +119,15 @@ CASES: list[tuple[str, Phase, BaselineDns | None, tuple[str, ...]]] = [
 
 @pytest.mark.parametrize(("case", "facts", "baseline", "expected"), CASES,
                          ids=[c[0] for c in CASES])
-def test_judge_phase(case: str, facts: Phase, baseline: BaselineDns | None,
+def test_judge_phase(case: str, facts: DnsFacts, baseline: BaselineDns | None,
                      expected: tuple[str, ...]) -> None:
     verdict = judge_phase(facts, baseline)
     if expected == OK:
         assert verdict is None
     else:
         assert verdict is not None
-        assert verdict[:2] == expected
-        assert NAME in verdict[2] or "printer" in verdict[2]
+        assert (verdict.status, verdict.reason) == expected
+        assert NAME in verdict.detail or "printer" in verdict.detail
 
 
 def test_public_answer_that_works_without_tls_on_443_is_not_a_mismatch() -> None:
@@ -132,13 +136,13 @@ def test_public_answer_that_works_without_tls_on_443_is_not_a_mismatch() -> None
     silent_443 = phase(answers=["157.240.9.9"], crosscheck_answers=["157.240.1.1"],
                        cert_valid_for_name=False, cert_failure="timeout")
     assert judge_phase(silent_443, reached=True) is None
-    assert judge_phase(silent_443, reached=False)[:2] == ("blocked", "dns.mismatch")  # type: ignore[index]
+    assert sr(judge_phase(silent_443, reached=False)) == ("blocked", "dns.mismatch")
     wrong = phase(answers=["157.240.9.9"], crosscheck_answers=["157.240.1.1"],
                   cert_valid_for_name=False, cert_failure="hostname_mismatch")
-    assert judge_phase(wrong, reached=True)[:2] == ("blocked", "dns.mismatch")  # type: ignore[index]
+    assert sr(judge_phase(wrong, reached=True)) == ("blocked", "dns.mismatch")
     private = phase(answers=["10.10.34.34"], crosscheck_answers=["157.240.1.1"],
                     cert_valid_for_name=False, cert_failure="timeout")
-    assert judge_phase(private, reached=True)[:2] == ("blocked", "dns.bogon")  # type: ignore[index]
+    assert sr(judge_phase(private, reached=True)) == ("blocked", "dns.bogon")
     verdict = judge(Observation(samples=[sample(silent_443, ok_after=True)]))
     assert verdict is None
 
@@ -149,19 +153,19 @@ def test_detail_names_the_injection_and_the_certificate() -> None:
         later_answers=["127.0.0.5"], crosscheck_answers=["127.0.0.5"],
         cert_valid_for_name=False, cert_error="connection refused", cert_port=443))
     assert verdict is not None
-    assert "injection" in verdict[2] and "127.0.0.66:443" in verdict[2]
-    assert "connection refused" in verdict[2]
+    assert "injection" in verdict.detail and "127.0.0.66:443" in verdict.detail
+    assert "connection refused" in verdict.detail
 
 
 def test_unconfirmed_nxdomain_says_why() -> None:
     verdict = judge_phase(failed("nxdomain"))
-    assert verdict is not None and "not confirmed" in verdict[2] and "settings.doh" in verdict[2]
+    assert verdict is not None and "not confirmed" in verdict.detail and "settings.doh" in verdict.detail
 
 
-def sample(dns_phase: Phase, ok_after: bool = True) -> Sample:
+def sample(dns_phase: DnsFacts, ok_after: bool = True) -> Sample:
     s = Sample(phases={"dns": dns_phase})
     if dns_phase.ok:
-        s.add("tcp", Phase(ok=ok_after, failure=None if ok_after else "timeout"))
+        s.add(TcpFacts(ok=ok_after, failure=None if ok_after else "timeout"))
     return s
 
 
@@ -170,7 +174,7 @@ def test_judge_takes_the_commonest_verdict_over_samples() -> None:
                   cert_valid_for_name=False)
     observation = Observation(samples=[sample(lying, False), sample(lying, False),
                                        sample(failed("timeout"))])
-    assert judge(observation)[:2] == ("blocked", "dns.bogon")  # type: ignore[index]
+    assert sr(judge(observation)) == ("blocked", "dns.bogon")
 
 
 def test_judge_degraded_when_other_samples_went_through() -> None:
@@ -179,11 +183,11 @@ def test_judge_degraded_when_other_samples_went_through() -> None:
     honest = phase(answers=["157.240.1.1"], crosscheck_answers=["157.240.1.1"])
     verdict = judge(Observation(samples=[sample(lying, False), sample(honest)]))
     assert verdict is not None
-    assert verdict[:2] == ("degraded", "dns.bogon") and "1 of 2 samples" in verdict[2]
+    assert (verdict.status, verdict.reason) == ("degraded", "dns.bogon") and "1 of 2 samples" in verdict.detail
 
 
 def test_judge_none_without_dns_phase_or_complaint() -> None:
-    assert judge(Observation(samples=[Sample(phases={"tcp": Phase(ok=False)})])) is None
+    assert judge(Observation(samples=[Sample(phases={"tcp": TcpFacts(ok=False)})])) is None
     honest = phase(answers=["157.240.1.1"], crosscheck_answers=["157.240.1.1"])
     assert judge(Observation(samples=[sample(honest, ok_after=False)])) is None
 
@@ -194,7 +198,7 @@ def test_judge_uses_the_baseline_target() -> None:
                             reason="ok", observation=Observation(samples=[sample(base_phase)]))
     now = Observation(samples=[Sample(phases={"dns": failed("nxdomain")})])
     verdict = judge(now, baseline)
-    assert verdict is not None and "baseline resolves it to 157.240.1.1" in verdict[2]
+    assert verdict is not None and "baseline resolves it to 157.240.1.1" in verdict.detail
     assert C.baseline_dns(baseline) == BaselineDns(frozenset({"157.240.1.1"}), None)
 
 
@@ -206,106 +210,13 @@ def test_note_when_answers_were_not_cross_checked() -> None:
     assert C.note(checked) is None
 
 
-@pytest.mark.parametrize(("address", "bogon"), [
-    ("10.10.34.34", True), ("192.168.1.1", True), ("172.16.0.1", True), ("127.0.0.66", True),
-    ("169.254.1.1", True), ("100.64.0.1", True), ("0.0.0.0", True), ("224.0.0.1", True),
-    ("192.0.2.1", True), ("240.0.0.1", True), ("::1", True), ("fe80::1", True),
-    ("fc00::1", True), ("::ffff:10.0.0.1", True), ("not an address", True),
-    ("157.240.1.1", False), ("8.8.8.8", False), ("2a03:2880::1", False),
-    ("::ffff:8.8.8.8", False),
-])
-def test_is_bogon(address: str, bogon: bool) -> None:
-    assert is_bogon(address) is bogon
-
-
-@pytest.mark.parametrize(("name", "public"), [
-    ("web.whatsapp.com", True), ("WEB.WHATSAPP.COM.", True), ("localhost", False),
-    ("printer.lan", False), ("svc.internal", False), ("a.test", False), ("router", False),
-    ("nas.home.arpa", False), ("latest.com", True),
-])
-def test_is_public_name(name: str, public: bool) -> None:
-    assert is_public_name(name) is public
-
-
-def test_shares_address_compares_the_used_family() -> None:
-    assert C.shares_address(["1.1.1.1", "::1"], ["1.1.1.1"])
-    assert not C.shares_address(["10.0.0.1", "2a03::1"], ["1.1.1.1", "2a03::1"])
-    assert C.shares_address(["2a03::1"], ["1.1.1.1", "2a03::1"])
-    assert not C.shares_address(["2a03::2"], ["1.1.1.1"])  # other family only: compared as is
-    assert not C.shares_address([], ["1.1.1.1"])
-
-
-# --- the layer's pure helpers -----------------------------------------------------------
-
-
-def test_system_nameservers_from_resolv_conf_text() -> None:
-    text = ("# a comment\nsearch lan\nnameserver 192.168.1.1\nnameserver  fe80::1%eth0 # x\n"
-            "nameserver not-an-address\noptions edns0\n;nameserver 9.9.9.9\nnameserver 1.1.1.1")
-    assert system_nameservers(text) == ["192.168.1.1", "fe80::1%eth0", "1.1.1.1"]
-    assert system_nameservers("") == []
-
-
-def test_parse_reply_reads_answers_and_rejects_others() -> None:
-    query = dns.message.make_query(NAME, "A")
-    reply = build_reply(query, {NAME: ["157.240.1.1", "157.240.1.2", "::1"]})
-    got = parse_reply(reply.to_wire(), query)
-    assert got is not None and (got.rcode, got.ttl, got.truncated) == ("NOERROR", 60, False)
-    assert sorted(got.addresses) == ["157.240.1.1", "157.240.1.2"]  # in wire order, shuffled
-    other = dns.message.make_query(NAME, "A")
-    assert parse_reply(build_reply(other, {}).to_wire(), query) is None  # another id
-    assert parse_reply(b"", query) is None
-    assert parse_reply(b"\x00" * 3, query) is None
-    assert parse_reply(reply.to_wire()[:-3], query) is None  # truncated in the middle
-
-
-def test_parse_reply_rcodes_and_truncation() -> None:
-    query = dns.message.make_query(NAME, "A")
-    nx = parse_reply(build_reply(query, {}).to_wire(), query)
-    assert nx is not None and nx.rcode == "NXDOMAIN" and nx.failure == "nxdomain"
-    refused = build_reply(query, {}, dns.rcode.REFUSED)
-    refused.question = []  # refusals may come without a question section
-    got = parse_reply(refused.to_wire(), query)
-    assert got is not None and got.failure == "refused"
-    empty = build_reply(query, {NAME: ["::1"]})  # AAAA only: no A record
-    got = parse_reply(empty.to_wire(), query)
-    assert got is not None and got.failure == "no_answer"
-    empty.flags |= dns.flags.TC
-    got = parse_reply(empty.to_wire(), query)
-    assert got is not None and got.truncated
-    formerr = parse_reply(build_reply(query, {}, dns.rcode.FORMERR).to_wire(), query)
-    assert formerr is not None and formerr.failure == "servfail" and formerr.rcode == "FORMERR"
-
-
-@given(st.binary(max_size=600))
-def test_parse_reply_never_raises_on_hostile_bytes(wire: bytes) -> None:
-    query = dns.message.make_query(NAME, "A")
-    # Give half the inputs the query's id, so the parser gets past the id check.
-    for candidate in (wire, query.id.to_bytes(2, "big") + b"\x81\x80" + wire[4:]):
-        reply = parse_reply(candidate, query)
-        assert reply is None or isinstance(reply.addresses, list)
-
-
-def test_parse_reply_ignores_address_records_of_another_class() -> None:
-    """Found by fuzzing: an A record of an unknown class parses as generic rdata with no address."""
-    query = dns.message.make_query(NAME, "A")
-    reply = build_reply(query, {NAME: ["157.240.1.1"]})
-    wire = bytearray(reply.to_wire())
-    # The answer ends type(2) class(2) ttl(4) rdlength(2) address(4): its class is at -12.
-    wire[-12:-10] = (0x1234).to_bytes(2, "big")  # a class nobody defined
-    got = parse_reply(bytes(wire), query)
-    assert got is not None and got.addresses == []
-
-
 def test_unreachable_ipv4_sinkhole_is_a_bogon_but_no_ipv6_is_not_judged() -> None:
-    from probe.classify_dns import judge_phase
-    from probe.observations import Phase
-
-    sinkhole = Phase(ok=True, name="web.example.org", resolver="configured",
+    sinkhole = DnsFacts(ok=True, name="web.example.org", resolver="configured",
                      answers=["10.10.34.34"], crosscheck_answers=["198.51.100.7"],
                      cert_valid_for_name=False, cert_failure="network_unreachable")
     verdict = judge_phase(sinkhole)
-    assert verdict is not None and verdict[:2] == ("blocked", "dns.bogon")
-    no_ipv6 = Phase(ok=True, name="web.example.org", resolver="configured",
+    assert verdict is not None and (verdict.status, verdict.reason) == ("blocked", "dns.bogon")
+    no_ipv6 = DnsFacts(ok=True, name="web.example.org", resolver="configured",
                     answers=["2001:db8::7"], crosscheck_answers=["2001:db8::8"],
                     cert_valid_for_name=False, cert_failure="network_unreachable")
     assert judge_phase(no_ipv6) is None

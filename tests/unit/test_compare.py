@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from probe import catalog, classify, compare
 from probe.cli import app
-from probe.observations import Observation, Phase, Sample
+from builders import ph
+from probe.observations import Observation, Sample
 from probe.results import CatalogRef, Run, read_run
 
 CATALOG = """
@@ -25,10 +26,6 @@ platforms:
       calls: [stun://192.0.2.20:3478]
       media: [https://192.0.2.30/]
 """
-
-
-def ph(ok: bool = True, ms: float = 10.0, failure: str | None = None, **facts: Any) -> Phase:
-    return Phase(ok=ok, ms=ms, failure=failure, **facts)
 
 
 def world(censored: bool) -> dict[str, Observation]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import ssl
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -15,16 +17,55 @@ import pytest
 
 from probe import failures as F
 from probe.classify import reason_of
-from probe.failures import ERRNO_FACTS, Failed, classify_exception
+from probe.classify.reasons import REASONS, REFINED, STATUS_OF_REASON
+from probe.failures import Failed, classify_exception
 from probe.mock.certs import TestCA
 from probe.mock.tls import server_context
 
 
-@pytest.mark.parametrize(("code", "fact"), sorted(ERRNO_FACTS.items()))
-def test_every_errno_in_the_table(code: int, fact: str) -> None:
+# The errno values a connect, send or receive can end in (connect(2), send(2), recv(2),
+# socket(2), udp(7), ip(7) on Linux), listed here from the manual pages, not from the table:
+# each must become a fact, never `unknown`.
+MET_BY_THE_LAYERS = [
+    "ETIMEDOUT", "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "EHOSTUNREACH",
+    "EHOSTDOWN", "ENETUNREACH", "ENETDOWN", "EACCES", "EPERM", "EADDRNOTAVAIL", "EAFNOSUPPORT",
+    "EPROTO", "EMFILE", "ENFILE", "ENOBUFS", "EAGAIN", "ENOMEM", "EMSGSIZE", "EADDRINUSE",
+]
+
+
+@pytest.mark.parametrize("name", MET_BY_THE_LAYERS)
+def test_every_errno_the_layers_meet_is_a_fact(name: str) -> None:
+    code = getattr(errno, name)
     failure, message = classify_exception(OSError(code, os.strerror(code)))
-    assert failure == fact
+    assert failure != F.UNKNOWN, name
     assert message  # the OS wording, for `detail`
+
+
+def _facts() -> list[str]:
+    return sorted({v for k, v in vars(F).items() if k.isupper() and isinstance(v, str)})
+
+
+def _documented_codes() -> set[str]:
+    """The reason codes of the README's table (the codes users are promised)."""
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    return set(re.findall(r"^\| `([a-z]+(?:\.[a-z_]+)?)`", readme.read_text(encoding="utf-8"),
+                          re.MULTILINE)) | {
+        code for row in re.findall(r"^\| (`[a-z._]+`(?: / `[a-z._]+`)+) \|",
+                                   readme.read_text(encoding="utf-8"), re.MULTILINE)
+        for code in re.findall(r"`([a-z._]+)`", row)}
+
+
+@pytest.mark.parametrize("layer", sorted({layer for layer, _ in REASONS}))
+def test_every_fact_of_every_layer_maps_to_a_documented_code(layer: str) -> None:
+    documented = _documented_codes()
+    for fact in _facts():
+        assert reason_of(layer, fact) in documented, (layer, fact, reason_of(layer, fact))
+
+
+def test_every_code_a_rule_can_name_is_documented() -> None:
+    documented = _documented_codes()
+    named = set(REASONS.values()) | set(STATUS_OF_REASON) | REFINED
+    assert named <= documented, named - documented
 
 
 @pytest.mark.parametrize(("exc", "fact"), [
