@@ -61,16 +61,13 @@ class Scenario(BaseModel):
 
 
 def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file; CatalogError lists every problem (duplicate keys too),
+    each at file:line:col, as for a catalog. OSError if it cannot be read."""
     from probe import yamlpos
-    from probe.errors import CatalogError
-    from pydantic import ValidationError
 
-    text = Path(path).read_text(encoding="utf-8")
-    document, positions = yamlpos.parse(text, str(path))
-    try:
-        return Scenario.model_validate(document)
-    except ValidationError as exc:
-        raise CatalogError(yamlpos.problems(exc, positions, str(path))) from None
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    scenario, _ = yamlpos.validate(Scenario, text, str(path))
+    return scenario
 
 
 class World:
