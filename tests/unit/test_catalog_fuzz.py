@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probe import catalog
-from probe.catalog import CatalogError
+from probe.errors import CatalogError
 
 VALID = """\
 version: 1
@@ -198,3 +200,43 @@ def test_ten_thousand_targets_with_one_error_still_located() -> None:
         assert text.split("\n")[problem.line - 1].strip().startswith("- tcp://10.57.0.42:70000")
     else:
         raise AssertionError("the bad port was not reported")
+
+
+PLAIN_SCALARS = st.text(alphabet=list("0123456789_-+.eExXoObB:~nulNUaLtrufsTFinfIN yY"),
+                        min_size=1, max_size=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(PLAIN_SCALARS)
+def test_plain_scalars_mean_what_they_meant_with_ruamel(plain: str) -> None:
+    """The loader resolved plain scalars through ruamel.yaml (YAML 1.2) before libyaml: a value
+    must still mean the same (a date aside: ruamel makes one, the loader keeps the text)."""
+    import datetime
+    import warnings
+
+    ruamel = pytest.importorskip("ruamel.yaml")
+    from probe import yamlpos
+
+    text = f"v: {plain}\n"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = ruamel.YAML(typ="safe", pure=True).load(text)
+    except Exception:  # noqa: BLE001 - ruamel refused: the loader must refuse or flag it too
+        theirs = None
+    try:
+        parsed = yamlpos.parse(text, "x")
+    except CatalogError:
+        assert theirs is None, plain
+        return
+    if theirs is None:
+        assert parsed.problems, plain
+        return
+    assert not parsed.problems, plain
+    expected, got = theirs["v"], parsed.document["v"]
+    if isinstance(expected, datetime.date):
+        assert got == plain.strip()
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert isinstance(got, float) and math.isnan(got)
+    else:
+        assert (got, type(got)) == (expected, type(expected)), plain
