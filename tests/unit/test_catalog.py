@@ -805,7 +805,9 @@ URL_PARTS = st.tuples(
     ),
     st.one_of(st.none(), st.integers(0, 70000).map(str),
               st.sampled_from(["0443", "00000", "99999", ""])),
-    st.sampled_from(["", "/", "//", "/x", "?transport=tcp", "#f"]),
+    st.sampled_from(["", "/", "//", "/x", "/a/b.c", "?transport=tcp", "?transport=sctp",
+                     "?transport=udp&x=1", "/?x=1&x=2&y", "?", "/p?q=%41+b&&=1", "#f",
+                     "/a?b#c", "/a b", "/\x1c", "/é"]),
 )
 
 
@@ -825,5 +827,6 @@ def test_simple_urls_parse_as_the_full_parse_does(parts: tuple[str, str, str | N
 
 def test_common_urls_take_the_fast_path() -> None:
     for url in ("tcp://10.0.0.1:443", "https://web.example/", "stun://s.example:3478",
-                "dns://t.example", "turn://t.example"):
+                "dns://t.example", "turn://t.example", "turn://t.example:80?transport=tcp",
+                "https://w.example/generate_204", "https://w.example/a?b=1&c="):
         assert catalog._simple_endpoint(url) == catalog._parse_endpoint_fully(url)
