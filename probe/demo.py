@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from probe.loop import new_loop
 from probe.mock.world import Endpoint, Scenario, World
+from probe.session import Output
 
 PLATFORMS = {"chatter": "Chatter", "telegrab": "Telegrab", "signum": "Signum", "voxa": "Voxa"}
 
@@ -81,12 +83,12 @@ async def _start(world: World) -> None:
 def main(fmt: str = "table", keep: Path | None = None) -> int:
     """Run the demo; returns the exit code of the censored run."""
     from probe import catalog
-    from probe.cli import render_for_terminal
+    from probe.report import render_for_terminal
     from probe.session import run_once
 
     t0 = time.perf_counter()
     world = World(scenario(), folder=keep)
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     try:
         import threading
 
@@ -109,14 +111,18 @@ def main(fmt: str = "table", keep: Path | None = None) -> int:
         say(f"probe demo: {len(world.servers)} mock servers on 127.0.0.1; "
             f"catalog {path}\n")
         say("probe demo: 1/2 recording a baseline with every server honest…\n")
-        baseline, _ = run_once(loaded, output=world.folder / "baseline.json", quiet=True)
-        loop.call_soon_threadsafe(censor, world)
-        time.sleep(0.05)
+        baseline = run_once(loaded, output=Output(world.folder / "baseline.json", "json"),
+                            quiet=True).run
+
+        async def switch() -> None:
+            censor(world)
+
+        asyncio.run_coroutine_threadsafe(switch(), loop).result(10)
         say("probe demo: 2/2 the same world, censored (SNI reset, silent UDP, throttling, "
             "a stall, a lying resolver, a block page, QUIC dropped)…\n\n")
-        result, _ = run_once(loaded, baseline=baseline,
-                             baseline_path=str(world.folder / "baseline.json"),
-                             output=world.folder / "censored.json", quiet=True)
+        result = run_once(loaded, baseline=baseline,
+                          baseline_path=str(world.folder / "baseline.json"),
+                          output=Output(world.folder / "censored.json", "json"), quiet=True).run
         sys.stdout.write(render_for_terminal(result, fmt, baseline))
         say(f"\nprobe demo: done in {time.perf_counter() - t0:.1f} s. "
             "Baseline and censored runs: "

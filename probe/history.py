@@ -13,6 +13,7 @@ the rows (`load_run`), so nothing measured is lost by keeping history instead of
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
@@ -271,6 +272,27 @@ def parse_since(text: str, now: float | None = None) -> float:
     if stamp is None:
         raise HistoryError(f"--since: expected e.g. 24h, 7d or 2026-11-23T06:00Z, got {text!r}")
     return stamp
+
+
+def check_names(db: sqlite3.Connection, *, platform: str | None = None,
+                feature: str | None = None) -> None:
+    """Refuse a platform or feature the history has never recorded (a typo would otherwise
+    show an empty timeline, as if nothing had been measured)."""
+    from probe.errors import UsageError
+
+    for option, column, value in (("--platform", "platform", platform),
+                                  ("--feature", "feature", feature)):
+        if value is None:
+            continue
+        known = sorted(row[0] for row in db.execute(
+            f"SELECT DISTINCT {column} FROM results WHERE {column} IS NOT NULL"))
+        if option == "--platform":
+            known.append(CONTROL)
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{option}: no {column} {value!r} in the history{hint} "
+                             f"(recorded: {', '.join(known) or 'none'})")
 
 
 def query(

@@ -2,9 +2,10 @@
 
 Controls are queued first. Each target is judged once, as it finishes: streamed output and the
 final document share that verdict (they used to judge every target twice). A target finished
-before the controls are all in waits, so that each JSONL line carries the same verdict the
+before the controls are all in waits, so that each streamed line carries the same verdict the
 final document will (a dead network changes every verdict to inconclusive). Cancelling the run
-keeps what was finished: `finish()` puts it together.
+keeps what was finished: `finish()` puts it together, and names every target that was not
+measured (`target.interrupted`) rather than leaving it out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from probe import __version__, classify, engine
 from probe.catalog import Job, LoadedCatalog
 from probe.classify import Baseline
+from probe.classify.network import in_light_of
 from probe.layers import Context
 from probe.observations import Observation
 from probe.results import CatalogRef, NetworkResult, Run, TargetResult
@@ -48,7 +50,8 @@ class Runner:
         self.jobs = list(self.loaded.jobs(self.only))
         self._baseline = Baseline.of(self.baseline, self.baseline_path)
         self._controls_left = sum(1 for j in self.jobs if j.is_control)
-        self._held: list[TargetResult] = []
+        self._held: list[tuple[Job, TargetResult]] = []
+        self._streamed: set[int] = set()  # id() of the jobs whose result went to on_target
         self._network: NetworkResult | None = None
         self.interrupted = False
 
@@ -70,18 +73,20 @@ class Runner:
             if self._controls_left == 0:
                 self._network = classify.judge_network([r for j, r in self.done if j.is_control])
                 held, self._held = self._held, []
-                for r in held:
-                    self._emit(r)
+                for j, r in held:
+                    self._emit(j, r)
             return
         if self._controls_left > 0:
-            self._held.append(result)
+            self._held.append((job, result))
         else:
-            self._emit(result)
+            self._emit(job, result)
 
-    def _emit(self, result: TargetResult) -> None:
+    def _emit(self, job: Job, result: TargetResult) -> None:
         if self.on_target is not None:
+            assert self._network is not None or self._controls_left == 0
             if self._network is not None:
-                result = classify.network.in_light_of(self._network, result)
+                result = in_light_of(self._network, result)
+            self._streamed.add(id(job))
             self.on_target(result)
 
     async def run(self) -> None:
@@ -97,11 +102,17 @@ class Runner:
             await ctx.aclose()
 
     def finish(self) -> Run:
-        """The judged run of everything finished so far, in catalog order."""
-        order = {id(j): i for i, j in enumerate(self.jobs)}
-        done = sorted(self.done, key=lambda jr: order[id(jr[0])])
-        controls = [r for j, r in done if j.is_control]
-        targets = [r for j, r in done if not j.is_control]
+        """The judged run so far, in catalog order; when interrupted, every target not yet
+        measured is there too, `inconclusive target.interrupted`."""
+        judged = {id(j): r for j, r in self.done}
+        if self.interrupted:
+            for job in self.jobs:
+                if id(job) not in judged:
+                    judged[id(job)] = classify.judge_target(
+                        job, Observation(interrupted=True), self._baseline)
+        ordered = [(j, judged[id(j)]) for j in self.jobs if id(j) in judged]
+        controls = [r for j, r in ordered if j.is_control]
+        targets = [r for j, r in ordered if not j.is_control]
         network, targets, features, platforms = classify.judge_groups(
             classify.judge_network(controls), targets, self.needs, self.names)
         return Run(
@@ -116,3 +127,12 @@ class Runner:
             features=features,
             platforms=platforms,
         )
+
+    def not_streamed(self, run: Run) -> list[TargetResult]:
+        """The targets of `run` (from finish()) that on_target has not been given."""
+        jobs = [j for j in self.jobs if not j.is_control]
+        judged = {id(j) for j, _ in self.done}
+        if self.interrupted:
+            judged = {id(j) for j in jobs}
+        order = [j for j in jobs if id(j) in judged]
+        return [t for j, t in zip(order, run.targets, strict=True) if id(j) not in self._streamed]

@@ -20,6 +20,7 @@ from typing import Any
 
 from probe import loop
 from probe.catalog import LoadedCatalog
+from probe.errors import HistoryError
 from probe.results import Run
 from probe.runner import Runner
 
@@ -207,7 +208,7 @@ def watch(
         run_id: int | None = None
         try:
             run_id = await asyncio.to_thread(history.record_to, db, run)
-        except history.HistoryError as exc:
+        except HistoryError as exc:
             warn(f"run not recorded: {exc}")
         report(run, run_id, last[-1] if last else None)
         last.append(run)

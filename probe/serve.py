@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from probe.errors import HistoryError
 from probe.history import CONTROL
 from probe.metrics import metrics_of
 from probe.results import Run, TargetResult
@@ -243,7 +244,7 @@ async def serve(
         if db is not None:
             try:
                 await asyncio.to_thread(history.record_to, db, run)
-            except history.HistoryError as exc:  # keep serving: the metrics are still right
+            except HistoryError as exc:  # keep serving: the metrics are still right
                 warn(f"run not recorded: {exc}")
 
     stopper = schedule.Stopper()

@@ -1,8 +1,12 @@
-"""One run as the command line drives it: signals, progress on stderr, result files.
+"""One run as the command line drives it: the output file, signals, progress on stderr.
 
-SIGINT and SIGTERM cancel the run; everything finished so far is judged and written (the JSONL
-file already holds a line per finished target, each flushed as it came), and the caller exits
-130 or 143.
+The output file (`-o`) is checked before the first packet is sent: its format (from `-f`, else
+its extension), its folder, that it may be written. JSONL gets a line per record as the run
+goes (probe/results.py: a run record, a line per target as it finishes, then the network,
+features, platforms and an end record); the other formats are written whole at the end. A file
+that cannot be written loses nothing else: the run is reported on stdout and the caller exits
+with EXIT_OUTPUT. SIGINT and SIGTERM cancel the run; everything finished so far is judged and
+written, a signal during the judging and writing included, and the caller exits 130 or 143.
 The event loop is started by probe/loop.py.
 """
 
@@ -12,14 +16,19 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from types import FrameType
+from typing import Any
 
 from probe import loop
 from probe.catalog import LoadedCatalog, parse_duration
-from probe.report import jsonl_line
-from probe.results import Run, TargetResult, write_atomic
+from probe.errors import UsageError
+from probe.report import render
+from probe.results import JsonlWriter, Run, TargetResult, jsonl_head, jsonl_tail, jsonl_target
+from probe.results import write_atomic
 from probe.runner import Runner
 
 
@@ -29,7 +38,6 @@ def override_settings(
     timeout: str | None,
     attempts: int | None,
     concurrency: int | None,
-    fail: Callable[[str], NoReturn],
 ) -> LoadedCatalog:
     """The catalog with command-line settings laid over its own."""
     update: dict[str, Any] = {}
@@ -37,7 +45,7 @@ def override_settings(
         try:
             update["timeout"] = parse_duration(timeout)
         except ValueError as exc:
-            fail(f"--timeout: {exc}")
+            raise UsageError(f"--timeout: {exc}") from None
     if attempts is not None:
         update["attempts"] = attempts
     if concurrency is not None:
@@ -102,13 +110,74 @@ class Progress:
             self._rich.__exit__(None, None, None)
 
 
+# --- the output file ------------------------------------------------------------------------
+
+EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".md": "markdown",
+              ".markdown": "markdown"}
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where `-o` writes, and in which format."""
+
+    path: Path
+    fmt: str
+
+
+def plan_output(path: Path, fmt: str, force: bool) -> Output:
+    """The output `-o PATH` asks for, checked before any packet is sent; raises UsageError.
+
+    The format is `-f`'s (a table is for terminals: then the extension's); an extension that
+    names another format is refused rather than written in the wrong one."""
+    by_extension = EXTENSIONS.get(path.suffix.lower())
+    if fmt != "table":
+        if by_extension is not None and by_extension != fmt:
+            raise UsageError(f"-o {path}: the extension says {by_extension}, -f says {fmt}; "
+                             f"make them agree")
+        chosen = fmt
+    elif by_extension is None:
+        raise UsageError(f"-o {path}: cannot tell the format from the extension: use .json, "
+                         f".jsonl, .csv or .md, or give -f")
+    else:
+        chosen = by_extension
+    if path.is_dir():
+        raise UsageError(f"-o {path}: that is a folder; give a file name")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"-o {path}: there is no folder {folder}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass  # the only honest test of "may I write here": a read-only mount, a full disk
+    except OSError as exc:
+        raise UsageError(f"-o {path}: cannot write in {folder}: {exc.strerror or exc}") from None
+    return Output(path, chosen)
+
+
+@dataclass
+class Outcome:
+    """A finished run: the run, the signal that stopped it (if any), and why its output file
+    could not be written (if so)."""
+
+    run: Run
+    signum: int | None = None
+    output_error: str | None = None
+
+
 @contextlib.contextmanager
-def jsonl_writer(path: Path | None) -> Iterator[IO[str] | None]:
-    if path is None or path.suffix != ".jsonl":
-        yield None
-        return
-    with path.open("w", encoding="utf-8") as f:
-        yield f
+def signals_noted(noted: list[int]) -> Iterator[None]:
+    """While judging and writing, a SIGINT or SIGTERM is noted, not obeyed at once: the run it
+    would stop is already measured and is written first (then the caller exits 130 or 143)."""
+    def note(signum: int, frame: FrameType | None) -> None:
+        noted.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_once(
@@ -117,34 +186,58 @@ def run_once(
     only: set[str] | None = None,
     baseline: Run | None = None,
     baseline_path: str | None = None,
-    output: Path | None = None,
+    output: Output | None = None,
     include_ip: bool = False,
     quiet: bool = False,
-) -> tuple[Run, int | None]:
-    """Run the catalog once; returns the judged run and the signal that stopped it, if any."""
+) -> Outcome:
+    """Run the catalog once and write the output file."""
     concurrency, note = usable_concurrency(loaded.settings.concurrency)
     if note and not quiet:
         sys.stderr.write(f"probe: note: {note}\n")
-    with jsonl_writer(output) as stream:
-
-        def on_target(result: TargetResult) -> None:
-            if stream is not None:
-                stream.write(jsonl_line(result) + "\n")
-                stream.flush()
-
-        runner = Runner(loaded=loaded, only=only, include_ip=include_ip, baseline=baseline,
-                        baseline_path=baseline_path, on_target=on_target,
-                        concurrency=concurrency)
+    stream = None
+    if output is not None and output.fmt == "jsonl":
+        try:
+            stream = JsonlWriter(output.path)
+        except OSError as exc:
+            raise UsageError(f"-o {output.path}: {exc.strerror or exc}") from None
+    runner = Runner(loaded=loaded, only=only, include_ip=include_ip, baseline=baseline,
+                    baseline_path=baseline_path, concurrency=concurrency,
+                    on_target=(lambda t: stream.write(jsonl_target(t))) if stream else None)
+    noted: list[int] = []
+    try:
+        if stream is not None:
+            stream.write(jsonl_head(runner.finish()))
         progress = Progress(len(runner.jobs)) if not quiet else None
         signum = loop.run(_run_with_signals(runner, progress))
-        result = runner.finish()
-    if output is not None and output.suffix != ".jsonl":
-        write_atomic(output, result.to_json())
-    return result, signum
+        with signals_noted(noted):
+            result = runner.finish()
+            error = _write(output, stream, runner, result)
+    finally:
+        if stream is not None:
+            stream.close()
+    return Outcome(result, signum or (noted[0] if noted else None), error)
+
+
+def _write(output: Output | None, stream: JsonlWriter | None, runner: Runner,
+           result: Run) -> str | None:
+    """The rest of the output file; why it could not be written, or None."""
+    if output is None:
+        return None
+    if stream is not None:
+        for target in runner.not_streamed(result):
+            stream.write(jsonl_target(target))
+        for line in jsonl_tail(result):
+            stream.write(line)
+        return stream.error
+    try:
+        write_atomic(output.path, render(result, output.fmt))
+    except OSError as exc:
+        return f"{output.path}: {exc.strerror or exc}"
+    return None
 
 
 async def _run_with_signals(runner: Runner, progress: Progress | None) -> int | None:
-    loop = asyncio.get_running_loop()
+    loop_ = asyncio.get_running_loop()
     task = asyncio.create_task(runner.run())
     received: list[int] = []
 
@@ -154,7 +247,7 @@ async def _run_with_signals(runner: Runner, progress: Progress | None) -> int | 
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop, signum)
+            loop_.add_signal_handler(signum, stop, signum)
     done_before = 0
 
     def tick() -> None:
@@ -174,5 +267,5 @@ async def _run_with_signals(runner: Runner, progress: Progress | None) -> int | 
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
+                loop_.remove_signal_handler(signum)
     return received[0] if received else None

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import sys
 from collections.abc import Callable
 
 from probe.metrics import metrics_of
-from probe.results import Run, TargetResult
+from probe.results import Run, TargetResult, jsonl_lines
 
 FORMATS = ("table", "json", "jsonl", "csv", "markdown")
 
@@ -19,17 +21,13 @@ CSV_COLUMNS = (
 )
 
 
-def jsonl_line(target: TargetResult) -> str:
-    """One target as one JSON line (no newline), as in `-o run.jsonl`."""
-    return target.model_dump_json()
-
-
 def render_json(run: Run, baseline: Run | None = None) -> str:
     return run.to_json() + "\n"
 
 
 def render_jsonl(run: Run, baseline: Run | None = None) -> str:
-    return "".join(jsonl_line(t) + "\n" for t in run.targets)
+    """The run as JSONL records (probe/results.py), as `-o run.jsonl` holds them."""
+    return "".join(line + "\n" for line in jsonl_lines(run))
 
 
 def render_csv(run: Run, baseline: Run | None = None) -> str:
@@ -73,6 +71,21 @@ RENDERERS: dict[str, Callable[[Run, Run | None], str]] = {
 def render(run: Run, fmt: str, baseline: Run | None = None) -> str:
     """A run in one of FORMATS; `baseline` adds the side-by-side comparison where it fits."""
     return RENDERERS[fmt](run, baseline)
+
+
+def render_for_terminal(run: Run, fmt: str, baseline: Run | None = None, *,
+                        details: bool = False) -> str:
+    """A run for stdout: a table as wide as the terminal when stdout is one, else `render`."""
+    if fmt == "table" and sys.stdout.isatty():
+        from probe.report import text
+
+        width = shutil.get_terminal_size().columns
+        return text.table(run, baseline, width=width, details=details)
+    if fmt == "table":
+        from probe.report import text
+
+        return text.table(run, baseline, details=details)
+    return render(run, fmt, baseline)
 
 
 def dumps_compact(value: object) -> str:

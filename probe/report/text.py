@@ -81,7 +81,7 @@ def _needs_a_look(t: TargetResult, then: TargetResult | None) -> bool:
 
 
 def table(run: Run, baseline: Run | None = None, width: int = 160,
-          color: bool | None = None) -> str:
+          color: bool | None = None, details: bool = True) -> str:
     """The report for a terminal; coloured when `color` (default: when stdout is a terminal)."""
     color = sys.stdout.isatty() if color is None else color
     out = io.StringIO()

@@ -228,22 +228,25 @@ def test_command_line_survives_every_attack(tmp_path: Path, ca: TestCA, ca_path:
         catalog.write_text(json.dumps(document))
         start = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-X", "dev", "-m", "probe", "run", "-c", str(catalog), "-f", "json",
+            [sys.executable, "-X", "dev", "-m", "probe", "run", "-c", str(catalog), "-f", "jsonl",
              "-o", str(tmp_path / "out.jsonl")],
             capture_output=True, text=True, timeout=120, check=False)
         seconds = time.monotonic() - start
     print(f"\nsix hostile servers and a poisoned resolver, attempts 2: {seconds:.1f} s")
     assert "Traceback" not in done.stderr and "Exception" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 1, done.stderr[-3000:]
-    reasons = {t["name"]: t["reason"] for t in json.loads(done.stdout)["targets"]}
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    reasons = {t["name"]: t["reason"] for t in printed if "record" not in t}
     assert reasons == {"endless_body": "ok", "slowloris": "tls.timeout",
                        "slow_headers": "http.timeout", "huge_chain": reasons["huge_chain"],
                        "header_bomb": reasons["header_bomb"],
                        "header_line": reasons["header_line"], "dns": "dns.servfail"}
     assert reasons["huge_chain"].startswith("tls.")
     assert reasons["header_bomb"].startswith("http.") and reasons["header_line"].startswith("http.")
-    lines = (tmp_path / "out.jsonl").read_text().splitlines()
-    assert len(lines) == 7 and all(json.loads(line)["url"] for line in lines)
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    targets = [t for t in lines if "record" not in t]
+    assert len(targets) == 7 and all(t["url"] for t in targets)
+    assert lines[-1] == {"record": "end", **lines[-1]} and lines[-1]["interrupted"] is False
 
 
 def test_mock_refuses_unknown_behaviours_and_options() -> None:

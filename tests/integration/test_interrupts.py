@@ -53,8 +53,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Host
 def start_probe(catalog: Path, output: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONWARNINGS": "error::ResourceWarning"}
     return subprocess.Popen(
-        [sys.executable, "-X", "dev", "-m", "probe", "run", "-c", str(catalog), "-f", "json",
-         "-o", str(output)],
+        [sys.executable, "-X", "dev", "-m", "probe", "run", "-c", str(catalog), "-f",
+         output.suffix[1:], "-o", str(output)],  # -o's format must agree with -f
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -102,20 +102,27 @@ def test_signal_keeps_finished_targets_and_exits_cleanly(
     assert took < 3.0, "exit waited for work in flight (a slow target takes 15 s)"
     for word in UNCLEAN:
         assert word not in stderr, stderr[-3000:]
-    printed = json.loads(stdout)
-    assert printed["schema"] == "probe.run/1" and printed["interrupted"] is True
-    names = [t["name"] for t in printed["targets"]]
-    assert {f"quick{i}" for i in range(FAST)} <= set(names)
-    assert len(names) < FAST + SLOW
     if suffix == ".json":
+        printed = json.loads(stdout)
+        assert printed["schema"] == "probe.run/1" and printed["interrupted"] is True
+        targets = printed["targets"]
         saved = json.loads(output.read_text())
         assert saved["schema"] == "probe.run/1" and saved["interrupted"] is True
-        assert [t["name"] for t in saved["targets"]] == names
+        assert saved["targets"] == targets
     else:
         text = output.read_text()
-        assert text.endswith("\n")
-        lines = [json.loads(line) for line in text.splitlines()]
-        assert sorted(t["name"] for t in lines) == sorted(names)
+        # the file's records, as printed (the file has the targets in the order they finished)
+        assert text.endswith("\n") and sorted(text.splitlines()) == sorted(stdout.splitlines())
+        records = [json.loads(line) for line in text.splitlines()]
+        assert records[0]["record"] == "run" and records[-1]["record"] == "end"
+        assert records[-1]["interrupted"] is True
+        targets = [r for r in records if "record" not in r]
+    measured = [t["name"] for t in targets if t["reason"] != "target.interrupted"]
+    assert {f"quick{i}" for i in range(FAST)} <= set(measured)
+    assert len(measured) < FAST + SLOW
+    # the targets not measured are named, not left out
+    assert len(targets) == FAST + SLOW
+    assert {t["status"] for t in targets if t["name"] not in measured} == {"inconclusive"}
 
 
 def test_kill_9_leaves_jsonl_valid_up_to_its_last_full_line(
@@ -135,7 +142,13 @@ def test_kill_9_leaves_jsonl_valid_up_to_its_last_full_line(
     text = output.read_text()
     whole = text[: text.rfind("\n") + 1]
     parsed = [json.loads(line) for line in whole.splitlines()]
-    assert len(parsed) >= FAST and all(t["url"] for t in parsed)
+    assert parsed[0]["record"] == "run"
+    targets = [t for t in parsed if "record" not in t]
+    assert len(targets) >= FAST and all(t["url"] for t in targets)
+    assert parsed[-1].get("record") != "end"  # cut: no end record, and reading says so
+    from probe.results import read_run
+
+    assert read_run(output).interrupted
 
 
 def test_existing_output_needs_force(world: tuple[Path, HostileServer], tmp_path: Path) -> None:

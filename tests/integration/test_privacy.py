@@ -139,7 +139,7 @@ def test_no_output_holds_the_probe_address(world: World, tmp_path: Path) -> None
     db = tmp_path / "history.sqlite"
     for suffix in (".json", ".jsonl"):
         out = tmp_path / f"run{suffix}"
-        done = probe("run", "-c", str(world.catalog), "-f", "json", "-o", str(out),
+        done = probe("run", "-c", str(world.catalog), "-f", suffix[1:], "-o", str(out),
                      "--db", str(db), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         outputs[f"file {suffix}"], outputs[f"stderr -o {suffix}"] = out.read_text(), done.stderr

@@ -95,5 +95,9 @@ def test_table(saved: tuple[Path, Path]) -> None:
 def test_cli_compare(saved: tuple[Path, Path]) -> None:
     result = CliRunner().invoke(app, ["compare", str(saved[0]), str(saved[1]), "--format",
                                       "json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # something got worse: scripts can alert
     assert json.loads(result.stdout)["summary"]["worse"] == 2
+    same = CliRunner().invoke(app, ["compare", str(saved[1]), str(saved[1])])
+    assert same.exit_code == 0, same.output
+    better = CliRunner().invoke(app, ["compare", str(saved[1]), str(saved[0])])
+    assert better.exit_code == 0 and "better" in better.output
