@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -35,6 +35,9 @@ from pydantic import (
 )
 
 from probe.errors import CatalogError, CatalogProblem
+
+if TYPE_CHECKING:
+    from probe.wire.flow import CallPlan
 
 SCHEMES = ("dns", "tcp", "tls", "https", "quic", "stun", "turn")
 DEFAULT_PORTS = {"tls": 443, "https": 443, "quic": 443, "stun": 3478, "turn": 3478}
@@ -52,7 +55,13 @@ _HOSTNAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<
 _DURATION_RE = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$"
 _RATE_RE = r"^\s*(\d+(?:\.\d+)?)\s*(bit/s|kbit/s|Mbit/s|Gbit/s)\s*$"
 _PERCENT_RE = r"^\s*(\d+(?:\.\d+)?)\s*%\s*$"
+_PACKET_RATE_RE = r"^\s*(\d+(?:\.\d+)?)\s*(/s)\s*$"
+_SIZE_RE = r"^\s*(\d+(?:\.\d+)?)\s*(B|KB)\s*$"
 _DURATION = re.compile(_DURATION_RE)
+_PACKET_RATE = re.compile(_PACKET_RATE_RE)
+_SIZE = re.compile(_SIZE_RE)
+MAX_PACKET_RATE = 1000.0  # a call sends 50; more is a flood, not a call
+MIN_DATAGRAM, MAX_DATAGRAM = 28, 1200
 _RATE = re.compile(_RATE_RE)
 _PERCENT = re.compile(_PERCENT_RE)
 
@@ -70,16 +79,24 @@ def _number(value: Any, what: str) -> float | None:
     return None
 
 
+def _parse_unit(value: Any, what: str, pattern: re.Pattern[str], scale: dict[str, float],
+                example: str) -> float:
+    """A bare YAML number, or a number with one of `scale`'s units -> a positive float."""
+    number = _number(value, what)
+    if number is None:
+        m = pattern.match(value)
+        if not m:
+            raise ValueError(f"bad {what} {value!r} (use e.g. {example})")
+        number = float(m[1]) * scale[m[2]]
+    if number <= 0:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return number
+
+
 def parse_duration(value: Any) -> float:
     """'5s', '300ms', '2m' or a bare number of seconds -> seconds."""
-    seconds = _number(value, "duration")
-    if seconds is None:
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError(f"bad duration {value!r} (use e.g. 300ms, 5s, 2m)")
-        seconds = float(m[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m[2]]
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive, got {value!r}")
+    seconds = _parse_unit(value, "duration", _DURATION, {"ms": 0.001, "s": 1.0, "m": 60.0},
+                          "300ms, 5s, 2m")
     if seconds > MAX_DURATION:
         raise ValueError(f"duration too long: {value!r} (at most a day)")
     return seconds
@@ -87,15 +104,26 @@ def parse_duration(value: Any) -> float:
 
 def parse_rate(value: Any) -> float:
     """'1Mbit/s', '128kbit/s' or a bare number of bits per second -> bits per second."""
-    rate = _number(value, "rate")
-    if rate is None:
-        m = _RATE.match(value)
-        if not m:
-            raise ValueError(f"bad rate {value!r} (use e.g. 128kbit/s, 1Mbit/s)")
-        rate = float(m[1]) * {"bit/s": 1.0, "kbit/s": 1e3, "Mbit/s": 1e6, "Gbit/s": 1e9}[m[2]]
-    if rate <= 0:
-        raise ValueError(f"rate must be positive, got {value!r}")
+    return _parse_unit(value, "rate", _RATE, {"bit/s": 1.0, "kbit/s": 1e3, "Mbit/s": 1e6,
+                                              "Gbit/s": 1e9}, "128kbit/s, 1Mbit/s")
+
+
+def parse_packet_rate(value: Any) -> float:
+    """'50/s' or a bare number of packets per second -> packets per second (at most 1000)."""
+    rate = _parse_unit(value, "packet rate", _PACKET_RATE, {"/s": 1.0}, "50/s")
+    if rate > MAX_PACKET_RATE:
+        raise ValueError(f"packet rate too high: {value!r} (at most {MAX_PACKET_RATE:g}/s)")
     return rate
+
+
+def parse_size(value: Any) -> int:
+    """'160B', '1KB' or a bare number of bytes -> bytes (28 to 1200: a STUN request's header
+    and FINGERPRINT, up to what fits any path's MTU)."""
+    size = _parse_unit(value, "size", _SIZE, {"B": 1.0, "KB": 1000.0}, "160B")
+    if not MIN_DATAGRAM <= size <= MAX_DATAGRAM or size != int(size):
+        raise ValueError(f"size must be a whole number of bytes from {MIN_DATAGRAM} to "
+                         f"{MAX_DATAGRAM}, got {value!r}")
+    return int(size)
 
 
 def parse_percent(value: Any) -> float:
@@ -128,6 +156,10 @@ Percent = Annotated[float, BeforeValidator(parse_percent), WithJsonSchema({
               {"type": "string", "pattern": _PERCENT_RE}],
     "description": "a fraction 0..1, or a string like 10%",
 })]
+PacketRate = Annotated[float, BeforeValidator(parse_packet_rate),
+                       _unit_schema(_PACKET_RATE_RE, "packets per second, or a string like 50/s")]
+Size = Annotated[int, BeforeValidator(parse_size),
+                 _unit_schema(_SIZE_RE, "bytes, or a string like 160B")]
 Id = Annotated[str, StringConstraints(pattern=PLATFORM_ID.pattern)]
 
 
@@ -295,6 +327,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
+class Call(Strict):
+    """How a `calls` target's call-like flow is shaped; what is left out keeps its default
+    (README "Calls": 50 requests/s of 160 bytes for 5 s, and why). In the catalog `call: false`
+    opts out and `call: true` opts in with the defaults."""
+
+    enabled: bool = True
+    rate: PacketRate | None = None
+    size: Size | None = None
+    duration: Duration | None = None
+
+
+def _call(value: Any) -> Any:
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+_CALL_SCHEMA = Call.model_json_schema()
+_CALL_SCHEMA["properties"].pop("enabled")
+CallOption = Annotated[Call, BeforeValidator(_call), WithJsonSchema({
+    "anyOf": [{"type": "boolean"}, _CALL_SCHEMA],
+    "description": "false: no call-like flow; true or a mapping: one (rate, size, duration)",
+})]
+
+
 class Expect(Strict):
     """Thresholds for 'degraded' when no baseline says otherwise (seconds, bit/s, fraction)."""
 
@@ -369,6 +424,7 @@ class Target(Strict):
     attempts: int | None = Field(default=None, ge=1, le=1000)
     expect: Expect = Expect()
     sustain: Duration | None = None
+    call: CallOption | None = None  # stun/turn: false opts out of the call-like flow
 
     _endpoint: Endpoint = PrivateAttr()
 
@@ -420,6 +476,14 @@ class Target(Strict):
         scheme = _scheme(info)
         if value is not None and scheme and scheme != "stun":
             raise ValueError("sustain applies to stun:// targets only")
+        return value
+
+    @field_validator("call")
+    @classmethod
+    def _call_scheme(cls, value: Call | None, info: ValidationInfo) -> Call | None:
+        scheme = _scheme(info)
+        if value is not None and value.enabled and scheme and scheme not in ("stun", "turn"):
+            raise ValueError("call applies to stun:// and turn:// targets only")
         return value
 
     @field_validator("expect")
@@ -498,6 +562,7 @@ class Job:
     attempts: int
     ca_files: tuple[str, ...]
     domestic: bool = False
+    call: CallPlan | None = None  # stun/turn measured as a call uses the path
 
     @functools.cached_property
     def endpoint(self) -> Endpoint:  # cached: a pydantic private attribute is slow to reach
@@ -506,6 +571,25 @@ class Job:
     @property
     def is_control(self) -> bool:
         return self.platform is None
+
+
+CALLS_FEATURE = "calls"
+
+
+def call_plan(feature: str | None, target: Target) -> CallPlan | None:
+    """The call-like flow a stun/turn target is measured with: by default in a feature named
+    `calls`, anywhere with `call:` options, never with `call: false`."""
+    options = target.call
+    if target.endpoint.scheme not in ("stun", "turn") or (options and not options.enabled):
+        return None
+    if options is None and feature != CALLS_FEATURE:
+        return None
+    from probe.wire.flow import CallPlan
+
+    options = options or Call()
+    defaults = CallPlan()
+    return CallPlan(rate=options.rate or defaults.rate, size=options.size or defaults.size,
+                    duration=options.duration or defaults.duration)
 
 
 # (platform, feature, index); a control is (None, None, index)
@@ -551,6 +635,7 @@ class LoadedCatalog:
                 attempts=t.attempts or s.attempts,
                 ca_files=tuple(str((base / c).resolve()) for c in cas),
                 domestic=isinstance(t, Control) and t.domestic,
+                call=call_plan(feature, t),
             )
 
         for c in self.catalog.controls:
@@ -624,6 +709,7 @@ _EXPECTED = {
     Platform: "expected a mapping with 'name' and 'features'",
     Settings: "expected a mapping of settings",
     Expect: "expected a mapping with max_rtt, min_throughput, max_loss",
+    Call: "expected true, false or a mapping with rate, size, duration",
 }
 
 

@@ -52,11 +52,9 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
         observation.samples.append(Sample(phases={"not_built": NotBuiltFacts(
             ok=False, failure=F.NOT_IMPLEMENTED, error=f"the {scheme} layer is not built")}))
         return observation
-    # A layer that sends `attempts` requests in one exchange (stun) is called once.
-    rounds = 1 if layer.one_exchange else job.attempts
     budget = sample_budget(job, layer)
     clean = None if ctx.include_ip else ctx.scrubber
-    for _ in range(rounds):
+    for _ in range(job.attempts):
         try:
             async with asyncio.timeout(budget):
                 sample = await layer.measure(job, ctx)
@@ -65,6 +63,10 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
                 ok=False, ms=budget * 1000, failure=F.TIMEOUT,
                 error=f"no result within the {budget:.1f} s deadline")})
         observation.samples.append(sample.scrubbed(clean) if clean is not None else sample)
+        # A layer whose `attempts` are requests of one exchange (stun) runs it once, unless
+        # the name did not resolve: one lost lookup is one failed sample, not a silent target.
+        if layer.one_exchange and not _failed_at_dns(sample):
+            break
     if layer.diagnose is not None and not any(s.ok for s in observation.samples):
         steps: list[Facts]
         try:
@@ -75,6 +77,11 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
         for step in steps:
             observation.diagnosis[step.KEY] = step.scrubbed(clean) if clean is not None else step
     return observation
+
+
+def _failed_at_dns(sample: Sample) -> bool:
+    failed = sample.failed
+    return failed is not None and failed[0] == "dns"
 
 
 _DEFAULT = LazyLayers()

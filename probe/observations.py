@@ -195,6 +195,27 @@ class ExchangeFacts(Facts):
     mapped_address_returned: bool | None = None
     mapped_address: str | None = None  # the user's public address: only with --include-ip
     nat: bool | None = None
+    # A call-like flow (probe/wire/flow.py: FlowStats says what each means)
+    call: bool | None = None  # the exchange was a call-like flow
+    rate: float | None = None  # requests per second
+    size: int | None = None  # bytes of UDP payload per request
+    rtt_p90_ms: float | None = None
+    rtt_p99_ms: float | None = None
+    rtt_max_ms: float | None = None
+    jitter_ms: float | None = None  # RFC 3550 interarrival jitter of the round trips
+    loss_bursts: int | None = None
+    max_burst: int | None = None
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+    silent_after_packets: int | None = None  # requests sent up to the last answer
+    silent_after_bytes: int | None = None
+    silent_after_bytes_received: int | None = None
+    silent_after_s: float | None = None
+    answered_per_s: list[int] | None = None
+    ended: str | None = None  # complete, silence, icmp
+    # After a cut-off, a fresh flow (a new source port) to the same address and port
+    fresh_flow_sent: int | None = None
+    fresh_flow_answered: int | None = None
 
 
 class StunFacts(ExchangeFacts):

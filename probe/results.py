@@ -46,6 +46,7 @@ class FeatureResult(BaseModel):
     reason: str
     detail: str = ""
     need: str = "all"
+    words: str = ""  # what the verdict means, for a volunteer ("calls connect, then go silent")
 
 
 class PlatformResult(BaseModel):

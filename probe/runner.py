@@ -3,7 +3,8 @@
 Controls are queued first. Each target is judged once, as it finishes: streamed output and the
 final document share that verdict (they used to judge every target twice). A target finished
 before the controls are all in waits, so that each streamed line carries the same verdict the
-final document will (a dead network changes every verdict to inconclusive). Cancelling the run
+final document will (a dead network changes every verdict to inconclusive); STUN and TURN
+targets wait for the end of the run, whose other results say why a call fails. Cancelling the run
 keeps what was finished: `finish()` puts it together, and names every target that was not
 measured (`target.interrupted`) rather than leaving it out.
 """
@@ -24,6 +25,8 @@ from probe.observations import Observation
 from probe.results import CatalogRef, NetworkResult, Run, TargetResult
 
 OnTarget = Callable[[TargetResult], None]
+# Schemes whose targets are judged in the light of the whole run (why a call fails).
+_JUDGED_AT_THE_END = ("stun", "turn")
 
 
 def now_iso() -> str:
@@ -76,6 +79,8 @@ class Runner:
                 for j, r in held:
                     self._emit(j, r)
             return
+        if job.endpoint.scheme in _JUDGED_AT_THE_END:
+            return  # its verdict reads the whole run (classify/calls.py): streamed by finish
         if self._controls_left > 0:
             self._held.append((job, result))
         else:
@@ -92,8 +97,11 @@ class Runner:
     async def run(self) -> None:
         ctx = Context(settings=self.loaded.settings, include_ip=self.include_ip)
         concurrency = self.concurrency or self.loaded.settings.concurrency
+        # Controls first (every verdict waits for them), then the call-like flows (a few
+        # seconds each: started early, they overlap the rest instead of trailing it).
+        order = sorted(self.jobs, key=lambda j: (not j.is_control, j.call is None))
         try:
-            await engine.run(self.jobs, ctx, concurrency=concurrency,
+            await engine.run(order, ctx, concurrency=concurrency,
                              on_done=self.add, on_start=self.on_start)
         except asyncio.CancelledError:
             self.interrupted = True

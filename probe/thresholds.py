@@ -28,6 +28,15 @@ How they are applied, per target that worked on every sample:
   baseline's loss, at least `max_loss`; independently p is `expect.max_loss` when given;
   with neither, `max_loss`. So 3 lost of 10 (p = 5 %: tail 1.2 %) is bad luck, 10 of 30 is not.
 
+* Call quality (`call.poor`, degraded). A call-like flow (a `calls` target) that was answered
+  is rated as VoIP monitors rate a call, with the ITU-T G.107 E-model (probe/classify/emodel.py
+  says how, with its sources and limits): from the median RTT, the RFC 3550 jitter and the loss
+  (late answers counted as lost) of the flow, an R factor and a MOS. Below `call_poor_r`
+  (G.109's "poor": nearly all users dissatisfied; MOS 3.1) the call would sound poor; not when
+  the baseline's flow was poor too (the path, not a censor). A server that answers a steady few
+  requests a second and ignores the rest (`rate_limit_share` of the flow's rate or fewer, each
+  second within `rate_limit_spread` of the median) is rate-limited, not lossy: ok, with a note.
+
 * Failures. One failing sample out of several, with others working, is `degraded` with the
   count in `detail`, never `blocked`; `blocked` needs every sample to fail.
   A connect failing with "network unreachable" to an IPv6 address within `local_failure_ms`
@@ -54,6 +63,10 @@ class Thresholds:
 
     max_loss: float = 0.05  # loss allowed when nothing else says; the floor against a baseline
     loss_alpha: float = 0.01  # how unlikely a loss must be under the allowed rate to count
+
+    call_poor_r: float = 60.0  # E-model R below which a call would sound poor (MOS 3.1)
+    rate_limit_share: float = 0.5  # answers a second at most this share of the rate...
+    rate_limit_spread: float = 0.2  # ...each second within this share of the median (or 1)
 
     local_failure_ms: float = 5.0  # an unreachable-network error this fast came from the kernel
 

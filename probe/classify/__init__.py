@@ -10,7 +10,9 @@ The package, split along the layers (a new protocol is a layer file, a facts mod
     diagnosis.py  the steps taken after every sample failed, folded into the verdict
     tls.py        the SNI swap, the residual (penalty-box) block, the presented certificate
     quic.py       QUIC filtered by name vs QUIC dropped
-    udp.py        loss of STUN/TURN exchanges, judged against chance
+    udp.py        loss of STUN/TURN exchanges against chance, a call's quality, a cut-off
+    calls.py      why a call fails: the run's STUN, QUIC, DNS and TCP results read together
+    emodel.py     how a call would sound: the ITU-T G.107 E-model (R, MOS)
     quality.py    redirect, throughput, loss, RTT of targets that worked
     network.py    the controls: down, captive, allowlist; what that means for the targets
     groups.py     features and platforms
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from probe.classify import calls
 from probe.classify.groups import combine, feature_verdict, judge_features, judge_platforms
 from probe.classify.network import apply_network, judge_network, portal_signs
 from probe.classify.reasons import REASONS, reason_of, sample_reason, status_of
@@ -79,8 +82,9 @@ def judge_target(job: Job, observation: Observation, baseline: Baseline | None =
 
 def judge_groups(network: NetworkResult, targets: Sequence[TargetResult],
                  needs: dict[tuple[str, str], str], names: dict[str, str | None]) -> Judged:
-    """Targets in the light of the network, then features and platforms (new results)."""
-    judged = apply_network(network, targets)
+    """Calls diagnosed from the whole run, targets in the light of the network, then features
+    and platforms (new results)."""
+    judged = apply_network(network, calls.diagnose(network.controls, targets))
     features = judge_features(judged, needs)
     return network, judged, features, judge_platforms(features, names)
 

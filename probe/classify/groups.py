@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from probe.classify import calls
 from probe.results import FeatureResult, PlatformResult, Status, TargetResult
 
 
@@ -61,13 +62,18 @@ def judge_features(
         detail = f"{tally(members, 'targets')}; need {need}"
         if need == "any" and status == "ok" and any(m.status != "ok" for m in members):
             detail += ": clients fail over to the working ones"
+        words = calls.feature_words(reason, members) if status != "ok" else ""
         out.append(FeatureResult(platform=platform, feature=feature, status=status,
-                                 reason=reason, detail=detail, need=need))
+                                 reason=reason, detail=detail, need=need, words=words))
     return out
 
 
 def feature_verdict(f: FeatureResult) -> str:
-    return f.status if f.status == "ok" else f"{f.status} ({f.reason})"
+    """'ok', 'blocked (udp.cutoff)', or with words: 'blocked (udp.cutoff): calls connect, then
+    go silent after about 25 packets'."""
+    if f.status == "ok":
+        return f.status
+    return f"{f.status} ({f.reason})" + (f": {f.words}" if f.words else "")
 
 
 def judge_platforms(

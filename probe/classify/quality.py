@@ -159,7 +159,8 @@ def _certificate(s: Subject, obs: Observation, base: TargetResult | None,
 Check = Callable[[Subject, Observation, "TargetResult | None", Thresholds], list[Finding]]
 
 # The checks, in the order their problems rank: the first problem names the verdict.
-CHECKS: tuple[Check, ...] = (_redirect, _throughput, udp.loss, _latency, _certificate)
+CHECKS: tuple[Check, ...] = (_redirect, _throughput, udp.call_quality, udp.loss, _latency,
+                             _certificate)
 
 
 def ok_detail(sample: Sample) -> str:

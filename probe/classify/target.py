@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from probe.classify import diagnosis, dns
+from probe.classify import diagnosis, dns, udp
 from probe.classify.quality import judge_quality
 from probe.classify.reasons import describe, no_local_ipv6, sample_reason, status_of
 from probe.classify.verdict import Baseline, Subject, Verdict, join
-from probe.observations import Observation
+from probe.observations import ExchangeFacts, Observation
 from probe.results import TargetResult
 from probe.thresholds import DEFAULT, Thresholds
 
@@ -70,6 +70,8 @@ def judge_samples(subject: Subject, observation: Observation, base: TargetResult
     failed = worst.failed
     assert failed is not None
     detail = describe(*failed)
+    if reason == "udp.cutoff" and isinstance(failed[1], ExchangeFacts):
+        detail = join(udp.cutoff_words(failed[1]), detail)
     others = ", ".join(f"{r} x{n}" for r, n in counts.items() if r != reason)
     if len(failing) < len(samples):  # some samples worked: never blocked (a short outage)
         ok = len(samples) - len(failing)

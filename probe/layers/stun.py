@@ -1,259 +1,194 @@
-"""The stun layer: `stun://HOST[:PORT]`, a train of STUN Binding requests over UDP.
+"""The stun layer: `stun://HOST[:PORT]`, STUN Binding requests over UDP on one flow.
 
 A call's media path starts with exactly this exchange, and censors classify it (CENSORSHIP.md:
-Russia 2025 drops STUN, or loses part of it, or lets the first packets through and then cuts the
-flow). So the layer does not stop at the first answer: it sends `job.attempts` requests (or, with
-`sustain:`, a few per second for that long), each with a fresh transaction id, spaced on a fixed
-schedule, on one connected UDP socket (connected, so an ICMP port unreachable comes back as an
-error instead of silence). Each request waits up to `job.timeout` for its own answer.
+Russia 2025 drops STUN, loses part of it, lets a flow's first packets through and then freezes
+it). One UDP 5-tuple (a connected socket, so an ICMP port unreachable comes back as an error
+instead of silence) carries one of three exchanges, all run by probe/wire/flow.py:
 
-Facts recorded in the `stun` phase: requests sent, answered (in time), lost (not answered in
-time), late (answered after their wait), duplicates, malformed datagrams, ICMP errors, the RTTs,
-a pattern of the exchange (one character per request: `+` answered, `L` late, `.` nothing), and
-for sustained exchanges when answers stopped. The classifier judges loss against thresholds and
-baselines; this layer only calls a cut-off a cut-off (answers, then silence to the end).
+* a train: `attempts` requests 200 ms apart, each waiting up to `timeout` for its answer;
+* a sustained exchange (`sustain: 20s`): four requests a second for that long;
+* a call-like flow, for targets of a feature named `calls` (or with `call:` options): requests
+  padded to a voice frame's size at a voice packet rate for a few seconds (wire/flow.CallPlan:
+  50/s, 160 bytes, 5 s), long enough to cross a freeze after ~25 packets or ~16 KB. When such
+  a flow answers and then goes silent, a fresh flow (a new source port) to the same address
+  tells a frozen flow from a blocked address.
+
+A silent path costs one timeout, not the whole exchange: the flow stops when nothing at all
+has answered within `timeout` of the first request. Facts: what was sent and answered, late,
+lost, in how many bursts, RTT percentiles, jitter (RFC 3550), when answers stopped (packets and
+bytes sent before the silence, seconds in) and the exchange's pattern. The classifier judges
+loss, cut-off and call quality; this layer only calls a cut-off a cut-off.
 
 Privacy: the mapped address in an answer is the user's public address. It is compared with the
-socket's local address (`nat`: whether they differ) and dropped; neither address is recorded,
-unless the user passes `--include-ip` (then `mapped_address` keeps the public one).
+socket's local address (`nat`: whether they differ), told to the run's scrubber (so no server
+text can echo it into a result) and dropped; neither is recorded unless the user passes
+`--include-ip` (then `mapped_address` keeps the public one).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import socket
-import statistics
 import time
-from typing import Any, cast
+from typing import Any
 
 from probe.catalog import Job
 from probe.failures import CUTOFF, TIMEOUT, classify_udp_error
 from probe.layers import Context, Layer
+from probe.layers.callflow import FlowRun, run_flow
 from probe.layers.dns import resolve
-from probe.layers.udp import open_udp
 from probe.observations import Sample, StunFacts
+from probe.scrub import remember
 from probe.wire import stun
+from probe.wire.flow import CallPlan, expand
 
-SPACING_S = 0.2  # between requests: a train, not a burst a rate limiter would cut
+SPACING_S = 0.2  # between a train's requests: a train, not a burst a rate limiter would cut
 SUSTAIN_RATE = 4.0  # requests per second in a sustained exchange
-CUTOFF_MIN_SILENT = 5  # a cut-off needs at least this many unanswered requests at the end...
-CUTOFF_TAIL = 0.3  # ...covering at least this share of the exchange
-CUTOFF_CHANCE = 0.001  # ...and the loss before it would produce such a tail this rarely
+BARE = 28  # bytes of a Binding request with FINGERPRINT: trains send them unpadded
+# After a cut-off: a few requests on a fresh source port, at the call's pace.
+FRESH = CallPlan(rate=50.0, size=BARE, duration=0.1, wait=1.0)
 SLACK_S = 1.0
 
-ANSWERED, LATE, NOTHING = "+", "L", "."
 
-
-def schedule(job: Job) -> tuple[int, float]:
-    """(number of requests, seconds between them) for a job."""
+def plan_of(job: Job) -> CallPlan:
+    """The exchange a job asks for: its call-like flow, a sustained exchange, or a train."""
+    if job.call is not None:
+        return job.call
     sustain = job.target.sustain
     if sustain:
-        return max(job.attempts, math.ceil(sustain * SUSTAIN_RATE)), 1.0 / SUSTAIN_RATE
-    return job.attempts, SPACING_S
+        count = max(job.attempts, math.ceil(sustain * SUSTAIN_RATE))
+        return CallPlan(rate=SUSTAIN_RATE, size=BARE, duration=count / SUSTAIN_RATE,
+                        wait=job.timeout)
+    return CallPlan(rate=1 / SPACING_S, size=BARE, duration=job.attempts * SPACING_S,
+                    wait=job.timeout)
 
 
 def budget(job: Job) -> float:
-    """The engine's deadline for the whole exchange: name resolution, the train, the last wait."""
-    count, spacing = schedule(job)
-    return job.timeout + (count - 1) * spacing + job.timeout + SLACK_S
+    """The engine's deadline for the whole exchange: name resolution (up to three timeouts),
+    the exchange and its last wait, and a fresh flow after a cut-off."""
+    plan = plan_of(job)
+    fresh = FRESH.duration + FRESH.wait if job.call is not None else 0.0
+    return job.timeout * 3 + plan.duration + plan.wait + fresh + SLACK_S
 
 
-def is_cutoff(pattern: str) -> bool:
-    """Answers at first, then silence to the end: at least CUTOFF_MIN_SILENT requests and
-    CUTOFF_TAIL of the exchange unanswered after the last answer, and a silent tail that the
-    loss seen before it would explain less than once in CUTOFF_CHANCE exchanges (at 50 % loss
-    six lost in a row happen one time in 64: that is bad luck, not a cut-off)."""
-    last = pattern.rfind(ANSWERED)
-    silent = len(pattern) - 1 - last
-    if last < 0 or silent < CUTOFF_MIN_SILENT or silent < CUTOFF_TAIL * len(pattern):
-        return False
-    before = pattern[: last + 1]
-    loss = sum(1 for c in before if c != ANSWERED) / len(before)
-    return loss == 0 or silent >= math.log(CUTOFF_CHANCE) / math.log(loss)
+async def exchange(address: str, port: int, plan: CallPlan, timeout: float, *,
+                   call: bool = False, include_ip: bool = False) -> StunFacts:
+    """One exchange to address:port, as the `stun` facts (a cut-off is a failure)."""
+    start = time.perf_counter()
+    try:
+        run = await run_flow(address, port, plan, silence=timeout)
+    except OSError as exc:  # no route, no IPv6 here...
+        failure, message = classify_udp_error(exc)
+        return StunFacts(ok=False, ms=_ms(time.perf_counter() - start), failure=failure,
+                         error=message, port=port)
+    facts = _facts(run, port, plan, timeout, call=call, include_ip=include_ip,
+                   took=time.perf_counter() - start)
+    if call and facts.failure == CUTOFF:
+        fresh = await _fresh_flow(address, port, timeout)
+        if fresh is not None:
+            facts = facts.model_copy(update={"fresh_flow_sent": fresh.stats.sent,
+                                             "fresh_flow_answered": fresh.stats.answered})
+    return facts
 
 
-class _Exchange(asyncio.DatagramProtocol):
-    """Matches answers to requests by transaction id and timestamps them (loop time)."""
-
-    def __init__(self, count: int, timeout: float) -> None:
-        self.timeout = timeout
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.DatagramTransport | None = None
-        self.index: dict[bytes, int] = {}  # transaction id -> request number
-        self.sent_at: list[float] = []
-        self.answered_at: list[float | None] = [None] * count
-        self.late: set[int] = set()
-        self.answered = 0
-        self.count = count
-        self.duplicates = 0
-        self.malformed = 0  # not STUN, or not an answer to any request of ours
-        self.error_codes: list[int] = []
-        self.errors: list[OSError] = []
-        self.mapped_address_returned = False
-        self.nat: bool | None = None
-        self.mapped: tuple[Any, int] | None = None  # (address, port): kept only with --include-ip
-        self.done = self.loop.create_future()  # set when nothing more is worth waiting for
-
-    def finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def send(self) -> None:
-        assert self.transport is not None
-        request = stun.binding_request()
-        self.index[request.transaction_id] = len(self.sent_at)
-        self.sent_at.append(self.loop.time())
-        self.transport.sendto(stun.encode_message(request))
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        now = self.loop.time()
-        try:
-            message = stun.decode_message(data)
-        except stun.StunCodecError:
-            self.malformed += 1
-            return
-        number = self.index.get(message.transaction_id)
-        if number is None or not message.is_response or message.method != stun.Method.BINDING:
-            self.malformed += 1
-            return
-        if self.answered_at[number] is not None or number in self.late:
-            self.duplicates += 1
-            return
-        if now - self.sent_at[number] > self.timeout:
-            self.late.add(number)
-            return
-        self.answered_at[number] = now
-        self.answered += 1
-        error = message.find(stun.ErrorCode)
-        if error is not None:
-            self.error_codes.append(error.code)  # still an answer: a STUN server is there
-        self._compare_mapped(message)
-        if self.answered == self.count:
-            self.finish()
-
-    def _compare_mapped(self, message: stun.Message) -> None:
-        mapped = message.find(stun.XorMappedAddress) or message.find(stun.MappedAddress)
-        if mapped is None:
-            return
-        self.mapped_address_returned = True
-        if self.nat is None and self.transport is not None:
-            self.mapped = (mapped.address, mapped.port)
-            local = self.transport.get_extra_info("sockname")
-            family = socket.AF_INET6 if mapped.address.version == 6 else socket.AF_INET
-            try:  # packed bytes: no parsing of the local address on every answer's path
-                local_packed = socket.inet_pton(family, str(local[0]).split("%")[0])
-            except OSError:  # an IPv4 answer on an IPv6 socket: certainly translated
-                local_packed = b""
-            self.nat = (mapped.address.packed, mapped.port) != (local_packed, int(local[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        if isinstance(exc, OSError):
-            self.errors.append(exc)
-        if len(self.sent_at) == self.count and not self.answered:
-            self.finish()  # nothing answered and the network says why: stop waiting
-
-    def pattern(self) -> str:
-        return "".join(
-            ANSWERED if t is not None else LATE if i in self.late else NOTHING
-            for i, t in enumerate(self.answered_at[: len(self.sent_at)])
-        )
+async def _fresh_flow(address: str, port: int, timeout: float) -> FlowRun | None:
+    """A few requests on a new source port: answered again, the flow was frozen, not the
+    address."""
+    try:
+        return await run_flow(address, port, FRESH, silence=min(timeout, FRESH.wait))
+    except OSError:
+        return None
 
 
-def _address(mapped: tuple[Any, int] | None) -> str | None:
-    return None if mapped is None else f"{mapped[0]}:{mapped[1]}"
+def _facts(run: FlowRun, port: int, plan: CallPlan, timeout: float, *, call: bool,
+           include_ip: bool, took: float) -> StunFacts:
+    stats = run.stats
+    mapped, nat = _mapped(run)
+    if mapped is not None:
+        remember(mapped[0], mapped[1])  # the user's public address and port: ours to hide
+    facts: dict[str, Any] = {
+        "port": port,
+        "sent": stats.sent,
+        "answered": stats.answered,
+        "lost": stats.lost,
+        "loss": round(stats.loss, 4) if stats.loss is not None else None,
+        "late": stats.late,
+        "duplicates": stats.duplicates,
+        "malformed": stats.malformed,
+        "icmp_errors": stats.icmp_errors,
+        "error_responses": stats.error_responses,
+        "error_code": stats.error_code,
+        "rtt_median_ms": stats.rtt_p50_ms,
+        "rtt_min_ms": stats.rtt_min_ms,
+        "spacing_ms": _ms(1 / plan.rate),
+        "elapsed_ms": _ms(took),
+        "silent_from_ms": (round(stats.silent_after_s * 1000, 3)
+                           if stats.silent_after_s is not None else None),
+        "mapped_address_returned": mapped is not None,
+        "nat": nat,
+        "ended": stats.ended,
+    }
+    if include_ip and mapped is not None:  # the user asked to keep their public address
+        facts["mapped_address"] = f"{mapped[0]}:{mapped[1]}"
+    if call:
+        facts.update(
+            call=True, rate=plan.rate, size=plan.size, pattern=stats.pattern,
+            rtt_p90_ms=stats.rtt_p90_ms, rtt_p99_ms=stats.rtt_p99_ms,
+            rtt_max_ms=stats.rtt_max_ms, jitter_ms=stats.jitter_ms,
+            loss_bursts=stats.loss_bursts, max_burst=stats.max_burst,
+            bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
+            silent_after_packets=stats.silent_after_packets,
+            silent_after_bytes=stats.silent_after_bytes,
+            silent_after_bytes_received=stats.silent_after_bytes_received,
+            silent_after_s=stats.silent_after_s,
+            answered_per_s=list(stats.answered_per_s))
+    else:  # a short train: every RTT, and the pattern one character a request
+        facts.update(rtt_ms=run.rtts_ms, pattern=expand(stats.pattern),
+                     jitter_ms=stats.jitter_ms)
+    if not stats.answered:
+        if stats.icmp_failure is not None:
+            failure, message = stats.icmp_failure, run.icmp_error or stats.icmp_failure
+        else:
+            failure = TIMEOUT
+            message = (f"no answer to {stats.sent} STUN Binding requests within "
+                       f"{timeout:g} s")
+        return StunFacts(ok=False, ms=_ms(took), failure=failure, error=message, **facts)
+    if stats.cutoff:
+        assert stats.silent_after_packets is not None and stats.silent_after_s is not None
+        silent = stats.sent - stats.silent_after_packets
+        message = (f"answered {stats.answered} of the first {stats.silent_after_packets} "
+                   f"requests, then none of the last {silent} "
+                   f"({stats.span_s - stats.silent_after_s + plan.wait:.1f} s of silence)")
+        return StunFacts(ok=False, ms=_ms(took), failure=CUTOFF, error=message, **facts)
+    return StunFacts(ok=True, ms=stats.rtt_p50_ms, **facts)
+
+
+def _mapped(run: FlowRun) -> tuple[tuple[str, int] | None, bool | None]:
+    """The mapped address of the first answer, and whether it differs from the socket's own
+    (a NAT between us and the server); decoded once, here, and never stored as it is."""
+    if run.first_answer is None:
+        return None, None
+    try:
+        message = stun.decode_message(run.first_answer)
+    except stun.StunCodecError:
+        return None, None
+    mapped = message.find(stun.XorMappedAddress) or message.find(stun.MappedAddress)
+    if mapped is None:
+        return None, None
+    local = run.sockname
+    nat = None
+    if local is not None:
+        family = socket.AF_INET6 if mapped.address.version == 6 else socket.AF_INET
+        try:  # packed bytes: no parsing of the local address's text
+            local_packed = socket.inet_pton(family, str(local[0]).split("%")[0])
+        except OSError:  # an IPv4 answer on an IPv6 socket: certainly translated
+            local_packed = b""
+        nat = (mapped.address.packed, mapped.port) != (local_packed, int(local[1]))
+    return (str(mapped.address), mapped.port), nat
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-async def exchange(address: str, port: int, count: int, spacing: float, timeout: float,
-                   include_ip: bool = False) -> StunFacts:
-    """Send `count` Binding requests `spacing` apart and record what came back."""
-    loop = asyncio.get_running_loop()
-    start = time.perf_counter()
-    try:
-        transport, protocol = open_udp(lambda: _Exchange(count, timeout), address, port)
-    except OSError as exc:  # no route, no IPv6 here...
-        failure, message = classify_udp_error(exc)
-        return StunFacts(ok=False, ms=_ms(time.perf_counter() - start), failure=failure,
-                     error=message, port=port)
-    try:
-        first = loop.time()
-        for number in range(count):
-            delay = first + number * spacing - loop.time()
-            if number:  # the first goes at once: a sleep(0) would cost a loop turn per target
-                await asyncio.sleep(max(0.0, delay))
-            protocol.send()
-        # The last request gets its full wait; earlier ones have had theirs already.
-        if protocol.errors and not protocol.answered:
-            protocol.finish()
-        timer = loop.call_later(timeout, protocol.finish)  # lighter than asyncio.timeout
-        try:
-            await protocol.done
-        finally:
-            timer.cancel()
-    finally:
-        transport.close()
-    return _phase(protocol, port, spacing, timeout, time.perf_counter() - start, first,
-                  include_ip)
-
-
-def _phase(
-    protocol: _Exchange, port: int, spacing: float, timeout: float, took: float, first: float,
-    include_ip: bool = False,
-) -> StunFacts:
-    sent = len(protocol.sent_at)
-    answered = protocol.answered
-    rtts = [_ms(t - s) for t, s in zip(protocol.answered_at, protocol.sent_at) if t is not None]
-    pattern = protocol.pattern()
-    facts: dict[str, Any] = {
-        "port": port,
-        "sent": sent,
-        "answered": answered,
-        "lost": sent - answered,
-        "loss": round((sent - answered) / sent, 4) if sent else None,
-        "late": len(protocol.late),
-        "duplicates": protocol.duplicates,
-        "malformed": protocol.malformed,
-        "icmp_errors": len(protocol.errors),
-        "error_responses": len(protocol.error_codes),
-        "rtt_ms": rtts,
-        "rtt_median_ms": round(statistics.median(rtts), 3) if rtts else None,
-        "rtt_min_ms": min(rtts) if rtts else None,
-        "pattern": pattern,
-        "spacing_ms": _ms(spacing),
-        "elapsed_ms": _ms(took),
-        "mapped_address_returned": protocol.mapped_address_returned,
-        # The user's public address: recorded only when they asked for it (--include-ip).
-        **({"mapped_address": _address(protocol.mapped)} if include_ip else {}),
-        "nat": protocol.nat,
-    }
-    if protocol.error_codes:
-        facts["error_code"] = protocol.error_codes[0]
-    last = pattern.rfind(ANSWERED)
-    if answered and last < sent - 1:
-        answered_at = protocol.answered_at[last]
-        assert answered_at is not None
-        facts["answered_until_ms"] = _ms(answered_at - first)
-        facts["silent_from_ms"] = _ms(protocol.sent_at[last + 1] - first)
-    if not answered:
-        if protocol.errors:
-            failure, message = classify_udp_error(protocol.errors[0])
-        else:
-            failure = TIMEOUT
-            message = f"no answer to {sent} STUN Binding requests within {timeout:g} s each"
-        return StunFacts(ok=False, ms=_ms(took), failure=failure, error=message, **facts)
-    if is_cutoff(pattern):
-        silence = protocol.sent_at[-1] - protocol.sent_at[last + 1] + timeout
-        message = (f"answered {answered} of the first {last + 1} requests, then none of the "
-                   f"last {sent - 1 - last} ({silence:.1f} s of silence)")
-        return StunFacts(ok=False, ms=_ms(took), failure=CUTOFF, error=message, **facts)
-    return StunFacts(ok=True, ms=facts["rtt_median_ms"], **facts)
 
 
 async def measure(job: Job, ctx: Context) -> Sample:
@@ -263,9 +198,8 @@ async def measure(job: Job, ctx: Context) -> Sample:
         return sample
     port = job.endpoint.port
     assert port is not None, "the catalog gives stun:// a default port"
-    count, spacing = schedule(job)
-    sample.add(await exchange(address, port, count, spacing, job.timeout,
-                                        ctx.include_ip))
+    sample.add(await exchange(address, port, plan_of(job), job.timeout,
+                              call=job.call is not None, include_ip=ctx.include_ip))
     return sample
 
 

@@ -8,7 +8,9 @@ retransmitted on RFC 8489's schedule (500 ms, doubling) until `job.timeout`; ove
 once on a connection from the tcp layer and the answer framed by its STUN length field.
 
 Any other STUN answer (another error, a success) is recorded as `protocol_error` with its code:
-something speaks STUN there, but not as a TURN server would. Text from the server (SOFTWARE,
+something speaks STUN there, but not as a TURN server would. A `calls` target whose relay
+answered as TURN goes on with a call-like flow to it (the stun layer's), recorded as a `stun`
+layer of the same sample: over UDP only (over TCP the Allocate is the test). Text from the server (SOFTWARE,
 the reason phrase) is kept in text fields the engine scrubs: a server may echo our address.
 """
 
@@ -29,6 +31,7 @@ from probe.failures import (
     classify_udp_error,
 )
 from probe.layers import Context, Layer
+from probe.layers import stun as stun_layer
 from probe.layers.dns import resolve
 from probe.layers.tcp import abort, connect
 from probe.layers.udp import open_udp
@@ -38,11 +41,6 @@ from probe.wire import stun
 RTO_S = 0.5  # RFC 8489 section 6.2.1: first retransmission after 500 ms, then doubling
 SLACK_S = 1.0
 _MAX_FRAMES = 16  # answers that are not ours before a TCP peer is judged to be talking nonsense
-
-
-def budget(job: Job) -> float:
-    """Name resolution, a TCP connect (transport=tcp), the Allocate's wait."""
-    return 3 * job.timeout + SLACK_S
 
 
 def judge(answer: stun.Message, start: float, **facts: Any) -> TurnFacts:
@@ -181,10 +179,22 @@ async def measure(job: Job, ctx: Context) -> Sample:
         sock = await connect(job, ctx, sample, address, port)
         if sock is None:
             return sample
-        sample.add(await over_tcp(sock, port, job.timeout))
+        allocate = sample.add(await over_tcp(sock, port, job.timeout))
     else:
-        sample.add(await over_udp(address, port, job.timeout))
+        allocate = sample.add(await over_udp(address, port, job.timeout))
+    if job.call is not None and allocate.ok and job.endpoint.query.get("transport") != "tcp":
+        # The relay answered as TURN: now a call's traffic to it, Binding requests at a voice
+        # pace and size (without credentials there is no allocation to send media through).
+        sample.add(await stun_layer.exchange(address, port, job.call, job.timeout, call=True,
+                                             include_ip=ctx.include_ip))
     return sample
+
+
+def budget(job: Job) -> float:
+    """Name resolution, a TCP connect (transport=tcp), the Allocate's wait, and for a `calls`
+    target the call-like flow (as the stun layer budgets it)."""
+    flow = stun_layer.budget(job) - 3 * job.timeout if job.call is not None else 0.0
+    return 3 * job.timeout + flow + SLACK_S
 
 
 LAYER = Layer(measure=measure, budget=budget)

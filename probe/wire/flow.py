@@ -476,6 +476,15 @@ class Flow:
 
     # --- facts -----------------------------------------------------------------------------
 
+    @property
+    def answered(self) -> int:
+        """Requests answered in time so far."""
+        return self._answered
+
+    def rtts_ms(self) -> list[float]:
+        """The round-trip times of the answers, in arrival order (ms): for short trains."""
+        return [_ms(rtt) for rtt in self._rtts]
+
     def pattern(self) -> str:
         """The exchange so far, one character per request sent (ANSWERED, LATE, NOTHING)."""
         return self._outcomes[: self._sent].decode("ascii")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from probe import emodel
+from probe.classify import emodel
 from probe.failures import PORT_UNREACHABLE, classify_udp_error
 from probe.layers.udp import open_udp
 from probe.mock.stun import StunServer

@@ -129,13 +129,7 @@ def test_stun_delay_within_timeout_is_slow_but_ok(run: Run_, make_catalog: MakeC
     assert phase(result, "stun")["rtt_min_ms"] >= 300
 
 
-def test_stun_answers_after_their_wait_are_late(run: Run_, make_catalog: MakeCatalog) -> None:
-    # Requests at 0, 0.2, 0.4 s wait 0.5 s each; answers come 0.6 s after each request, so the
-    # first two arrive late while the exchange still listens and the third after it stopped.
-    result, _, _ = run(against(make_catalog, "delay", STUN, server_options={"delay": 0.6}))
-    assert result.reason == "udp.timeout"
-    facts = phase(result, "stun")
-    assert (facts["answered"], facts["late"], facts["pattern"]) == (0, 2, "LL.")
+# Late answers are counted with a fake clock in tests/unit/test_flow.py, not with 100 ms margins.
 
 
 def test_stun_sustained_cutoff(run: Run_, make_catalog: MakeCatalog) -> None:
@@ -145,7 +139,7 @@ def test_stun_sustained_cutoff(run: Run_, make_catalog: MakeCatalog) -> None:
     facts = phase(result, "stun")
     assert facts["sent"] == 8 and facts["pattern"] == "++......"  # 4 per second for 2 s
     assert facts["spacing_ms"] == 250
-    assert facts["answered_until_ms"] < facts["silent_from_ms"] == pytest.approx(500, abs=100)
+    assert facts["silent_from_ms"] == pytest.approx(500, abs=100)
     assert 2.0 < took < 6.0
 
 
@@ -157,20 +151,7 @@ def test_stun_sustained_exchange_that_keeps_answering_is_ok(
     assert phase(result, "stun")["pattern"] == "++++"
 
 
-@pytest.mark.parametrize(("pattern", "cut"), [
-    ("+++", False),
-    ("++......", True),
-    ("+.....", True),
-    ("+....", False),  # too few requests unanswered to call it a cut-off
-    ("+.+.+.+.+.", False),  # loss, not a cut-off
-    ("++++++++++++++++.....", False),  # 5 unanswered, but under 30 % of the exchange
-    ("..........", False),  # never answered: a timeout
-    ("+++++.....+", False),  # answers came back
-    ("+.+.+..+.+.+" + "." * 6, False),  # 50 % loss explains six in a row (1 in 64)
-    ("+.+.+..+.+.+" + "." * 12, True),  # ...but not twelve (1 in 4,096)
-])
-def test_cutoff_rule(pattern: str, cut: bool) -> None:
-    assert stun_layer.is_cutoff(pattern) is cut
+# The cut-off rule's table is in tests/unit/test_flow.py (probe/wire/flow.py).
 
 
 def test_stun_malformed_answers_are_no_answers(run: Run_, make_catalog: MakeCatalog) -> None:

@@ -53,7 +53,7 @@ ERRORS = [
         HEAD + "        - url: tcp://h.example:1\n          colour: red\n",
         ("probes.yaml:7:11: platforms.wa.features.chat[0].colour: unknown key 'colour' (known: "
          "url, "
-        "name, sni, address, ca_file, alpn, timeout, attempts, expect, sustain)"),
+        "name, sni, address, ca_file, alpn, timeout, attempts, expect, sustain, call)"),
     ),
     (  # the contract's own example
         HEAD + "        - stunn://stun.example:3478\n",

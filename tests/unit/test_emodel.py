@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from probe import emodel
-from probe.emodel import G711_PLC, POOR_MOS, POOR_R, R_DEFAULT, estimate, mos
+from probe.classify import emodel
+from probe.classify.emodel import G711_PLC, POOR_MOS, POOR_R, R_DEFAULT, estimate, mos
 from probe.wire.flow import FlowStats
 
 

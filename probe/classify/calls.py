@@ -1,0 +1,164 @@
+"""Why a call fails: the run's STUN, QUIC, DNS and TCP results read together.
+
+One silent STUN server says little; the run holds more (CENSORSHIP.md, "STUN classified on
+any address", "encrypted UDP dropped"): the generic STUN controls, QUIC to other hosts, DNS over
+UDP, TCP and TLS to the same addresses. So for each platform STUN/TURN target that got no
+answer at all (`udp.timeout`):
+
+* STUN unanswered everywhere, the generic STUN controls included, while QUIC or DNS over UDP
+  is answered: the protocol is classified, not the addresses -> `udp.stun_filtered`;
+* the generic STUN control answers: the platform's servers are targeted (and when TCP or TLS to
+  the same address works, UDP to it is dropped, TCP is not);
+* no UDP answered anywhere (no STUN, no QUIC) while TCP works: UDP is blocked on this network,
+  only TCP relays can carry a call (and a `turn:...?transport=tcp` target that works says one
+  does).
+
+Pure, like the rest of the package: it returns new results and changes none it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from probe.classify.verdict import join
+from probe.observations import DnsFacts, QuicControl, QuicFacts, StunFacts, TurnFacts, VersionPing
+from probe.results import TargetResult
+from probe.wire.dns import is_address
+
+
+def _scheme(t: TargetResult) -> str:
+    return t.url.partition("://")[0].lower()
+
+
+def is_stun(t: TargetResult) -> bool:
+    """A STUN or TURN-over-UDP target (or control)."""
+    return _scheme(t) == "stun" or (_scheme(t) == "turn" and "transport=tcp" not in t.url)
+
+
+def stun_answered(t: TargetResult) -> bool:
+    for sample in t.observation.samples:
+        for facts in (sample.get(StunFacts), sample.get(TurnFacts)):
+            if facts is not None and (facts.answered or facts.error_code is not None
+                                      or facts.ok):
+                return True
+    return False
+
+
+def quic_answered(t: TargetResult) -> bool:
+    if _scheme(t) != "quic":
+        return False
+    for sample in t.observation.samples:
+        quic = sample.get(QuicFacts)
+        if quic is not None and (quic.ok or quic.server_packet):
+            return True
+    ping, control = t.observation.step(VersionPing), t.observation.step(QuicControl)
+    return bool((ping is not None and ping.ok) or (control is not None and control.ok))
+
+
+def dns_over_udp_answered(t: TargetResult) -> bool:
+    for sample in t.observation.samples:
+        dns = sample.get(DnsFacts)
+        if dns is not None and dns.ok and not dns.literal and dns.transport == "udp":
+            return True
+    return False
+
+
+def addresses(t: TargetResult) -> set[str]:
+    """The addresses a target talked to: its literal host, or what its name resolved to."""
+    host = t.url.partition("://")[2].split("/")[0].rsplit(":", 1)[0].strip("[]")
+    found = {host} if is_address(host) else set()
+    for sample in t.observation.samples:
+        dns = sample.get(DnsFacts)
+        if dns is not None and dns.answers:
+            found.update(dns.answers)
+    return found
+
+
+@dataclass(frozen=True)
+class _Udp:
+    """What the run says about UDP as a whole."""
+
+    stun_controls: list[TargetResult]
+    stun_anywhere: bool
+    quic: bool
+    dns: bool
+    tcp_works: list[TargetResult]
+
+    @classmethod
+    def of(cls, everything: Sequence[TargetResult]) -> _Udp:
+        return cls(
+            stun_controls=[c for c in everything if c.platform is None and is_stun(c)],
+            stun_anywhere=any(is_stun(t) and stun_answered(t) for t in everything),
+            quic=any(quic_answered(t) for t in everything),
+            dns=any(dns_over_udp_answered(t) for t in everything),
+            tcp_works=[t for t in everything if _scheme(t) in ("tcp", "tls", "https")
+                       and t.ok_samples > 0],
+        )
+
+
+def _other_udp(udp: _Udp) -> str:
+    said = [w for w, yes in (("QUIC", udp.quic), ("DNS over UDP", udp.dns)) if yes]
+    return " and ".join(said)
+
+
+def diagnose(controls: Sequence[TargetResult], targets: Sequence[TargetResult]
+             ) -> list[TargetResult]:
+    """The targets, with every silent platform STUN/TURN target's verdict told by the rest."""
+    udp = _Udp.of([*controls, *targets])
+    return [_diagnosed(t, udp, targets) if _silent_call_path(t) else t for t in targets]
+
+
+def _silent_call_path(t: TargetResult) -> bool:
+    return (t.platform is not None and is_stun(t) and t.status == "blocked"
+            and t.reason == "udp.timeout")
+
+
+def _diagnosed(t: TargetResult, udp: _Udp, targets: Iterable[TargetResult]) -> TargetResult:
+    controls = ", ".join(c.url for c in udp.stun_controls)
+    if udp.stun_controls and not udp.stun_anywhere and (udp.quic or udp.dns):
+        words = (f"every STUN packet is dropped, whatever the server: the generic STUN "
+                 f"controls ({controls}) are silent too, while {_other_udp(udp)} is answered: "
+                 f"the protocol is classified (VoIP blocking), not the addresses")
+        return t.model_copy(update={"reason": "udp.stun_filtered",
+                                    "detail": join(words, t.detail)})
+    said: list[str] = []
+    answering = [c for c in udp.stun_controls if stun_answered(c)]
+    if answering:
+        said.append(f"targeted: the generic STUN control ({answering[0].url}) answers")
+        mine = addresses(t)
+        same = [w for w in udp.tcp_works if w.platform is not None and addresses(w) & mine]
+        if same:
+            said.append(f"UDP to this address is dropped, TCP is not ({same[0].url} works)")
+    elif not udp.stun_anywhere and not udp.quic and udp.tcp_works:
+        said.append("UDP is blocked on this network; only TCP relays can carry a call"
+                    + (" (DNS over UDP still passes)" if udp.dns else ""))
+        relay = next((r for r in targets if r.platform == t.platform
+                      and r.url.startswith("turn:") and "transport=tcp" in r.url
+                      and r.status == "ok"), None)
+        if relay is not None:
+            said.append(f"a TCP relay works ({relay.url})")
+    if not said:
+        return t
+    return t.model_copy(update={"detail": join(*said, t.detail)})
+
+
+def feature_words(reason: str, members: Sequence[TargetResult]) -> str:
+    """What a calls feature's verdict means, in words a volunteer understands."""
+    if reason == "udp.stun_filtered":
+        return "every STUN packet is dropped, whatever the server (VoIP classification)"
+    if reason == "udp.cutoff":
+        cut = [f.silent_after_packets + (f.answered or 0) for m in members
+               for s in m.observation.samples if (f := s.get(StunFacts)) is not None
+               and f.silent_after_packets is not None and m.reason == "udp.cutoff"]
+        about = f" after about {min(cut)} packets" if cut else ""
+        return f"calls connect, then go silent{about}"
+    if reason == "call.poor":
+        from probe.classify.udp import call_flow, quality
+
+        scores = [q.mos for m in members if m.reason == "call.poor"
+                  and (flow := call_flow(m.observation)) is not None
+                  and (q := quality(flow)) is not None]
+        return f"a call would sound poor (MOS {min(scores):.1f})" if scores else \
+            "a call would sound poor"
+    return ""
