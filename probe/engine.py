@@ -13,6 +13,7 @@ observations finished so far have already been handed to `on_done`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -20,7 +21,14 @@ from typing import TYPE_CHECKING
 from probe import failures as F
 from probe import scrub
 from probe.layers import Context, Layer, LazyLayers
-from probe.observations import DeadlineFacts, Facts, NotBuiltFacts, Observation, Sample
+from probe.observations import (
+    DeadlineFacts,
+    DnsFallback,
+    Facts,
+    NotBuiltFacts,
+    Observation,
+    Sample,
+)
 
 if TYPE_CHECKING:
     from probe.catalog import Job
@@ -54,29 +62,62 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
         return observation
     budget = sample_budget(job, layer)
     clean = None if ctx.include_ip else ctx.scrubber
+    loop = asyncio.get_running_loop()
+    started = ctx.started if ctx.started is not None else loop.time()
     for _ in range(job.attempts):
-        try:
-            async with asyncio.timeout(budget):
-                sample = await layer.measure(job, ctx)
-        except TimeoutError:
-            sample = Sample(phases={"deadline": DeadlineFacts(
-                ok=False, ms=budget * 1000, failure=F.TIMEOUT,
-                error=f"no result within the {budget:.1f} s deadline")})
+        began = loop.time()
+        sample = await _sample(layer, job, ctx, budget)
+        sample.at_ms = round((began - started) * 1000, 1)
         observation.samples.append(sample.scrubbed(clean) if clean is not None else sample)
         # A layer whose `attempts` are requests of one exchange (stun) runs it once, unless
         # the name did not resolve: one lost lookup is one failed sample, not a silent target.
         if layer.one_exchange and not _failed_at_dns(sample):
             break
-    if layer.diagnose is not None and not any(s.ok for s in observation.samples):
-        steps: list[Facts]
-        try:
-            async with asyncio.timeout(budget):
-                steps = await layer.diagnose(job, ctx, observation)
-        except TimeoutError:
-            steps = [DeadlineFacts(ok=False, failure=F.TIMEOUT)]
-        for step in steps:
-            observation.diagnosis[step.KEY] = step.scrubbed(clean) if clean is not None else step
+    steps: list[Facts] = []
+    if not any(s.ok for s in observation.samples):
+        if layer.diagnose is not None:
+            try:
+                async with asyncio.timeout(budget):
+                    steps += await layer.diagnose(job, ctx, observation)
+            except TimeoutError:
+                steps.append(DeadlineFacts(ok=False, failure=F.TIMEOUT))
+        steps += await _dns_fallback(layer, job, ctx, observation, budget)  # its own deadline
+    for step in steps:
+        observation.diagnosis[step.KEY] = step.scrubbed(clean) if clean is not None else step
     return observation
+
+
+async def _sample(layer: Layer, job: Job, ctx: Context, budget: float) -> Sample:
+    """One sample under the layer's deadline."""
+    try:
+        async with asyncio.timeout(budget):
+            return await layer.measure(job, ctx)
+    except TimeoutError:
+        return Sample(phases={"deadline": DeadlineFacts(
+            ok=False, ms=budget * 1000, failure=F.TIMEOUT,
+            error=f"no result within the {budget:.1f} s deadline")})
+
+
+async def _dns_fallback(layer: Layer, job: Job, ctx: Context, observation: Observation,
+                        budget: float) -> list[Facts]:
+    """Every sample failed at DNS and a baseline resolved the name: one sample at that address
+    (as `address:` would), so that a name blocked by DNS is told from an unreachable service."""
+    known = ctx.known_addresses.get(job.endpoint.host)
+    if not known or job.target.address or not all(_failed_at_dns(s) for s in observation.samples):
+        return []
+    at = dataclasses.replace(job, target=job.target.model_copy(update={"address": known[0]}))
+    sample = await _sample(layer, at, ctx, budget)
+    failed = sample.failed
+    if failed is None:
+        return [DnsFallback(ok=True, ms=_elapsed(sample), address=known[0])]
+    layer_name, facts = failed
+    return [DnsFallback(ok=False, ms=_elapsed(sample), failure=facts.failure, error=facts.error,
+                        address=known[0], failed_layer=layer_name)]
+
+
+def _elapsed(sample: Sample) -> float | None:
+    times = [f.ms for f in sample.phases.values() if f.ms is not None]
+    return round(sum(times), 3) if times else None
 
 
 def _failed_at_dns(sample: Sample) -> bool:
@@ -108,6 +149,8 @@ async def run(
             observation = await measure(job, ctx, chosen)
             on_done(job, observation)
 
+    if ctx.started is None:
+        ctx.started = asyncio.get_running_loop().time()
     # The run's own addresses and ports, for the scrubber, whatever code opens a socket.
     token = scrub.CURRENT.set(ctx.scrubber)
     # What exists now (imports, the catalog: 100,000 objects and more) outlives the run: frozen,

@@ -234,6 +234,16 @@ class TurnFacts(ExchangeFacts):
     software: str | None = None  # the server's SOFTWARE, scrubbed
 
 
+class DnsFallback(Facts):
+    """After every sample failed at DNS: the target measured at the address the baseline's
+    resolver gave for the name, as `address:` would (is the name blocked, or the service?)."""
+
+    KEY: ClassVar[str] = "dns_fallback"
+
+    address: str | None = None
+    failed_layer: str | None = None  # the layer that failed at that address, if one did
+
+
 class DeadlineFacts(Facts):
     """The engine's safety deadline for a sample (or the diagnosis) passed."""
 
@@ -304,7 +314,7 @@ def _registry(*models: type[Facts]) -> dict[str, type[Facts]]:
 FACTS = _registry(DnsFacts, TcpFacts, TlsFacts, HttpFacts, QuicFacts, StunFacts, TurnFacts,
                   DeadlineFacts, NotBuiltFacts)
 STEPS = _registry(SniControl, QuicControl, VersionPing, OtherAddresses, PresentedCertificate,
-                  DeadlineFacts)
+                  DnsFallback, DeadlineFacts)
 
 
 def _typed(value: Any, models: dict[str, type[Facts]]) -> Any:
@@ -321,6 +331,7 @@ class Sample(BaseModel):
     # default_factory, not `= {}`: pydantic deep-copies a mutable default on every model,
     # which showed in profiles of big runs (one Sample per attempt, one Observation per target).
     phases: dict[str, Facts] = Field(default_factory=dict)
+    at_ms: float | None = None  # when the sample began, ms after the run began
 
     @field_validator("phases", mode="before")
     @classmethod
@@ -346,7 +357,7 @@ class Sample(BaseModel):
         phases = {k: f.scrubbed(scrub) for k, f in self.phases.items()}
         if all(phases[k] is f for k, f in self.phases.items()):
             return self
-        return Sample(phases=phases)
+        return Sample(phases=phases, at_ms=self.at_ms)
 
     @property
     def ok(self) -> bool:

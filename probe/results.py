@@ -63,6 +63,9 @@ class NetworkResult(BaseModel):
     reason: str = "ok"
     detail: str = ""
     controls: list[TargetResult] = []
+    # Every control failed in the run's first moments, then worked: a network-wide outage
+    # until this many ms into the run (failures then are the network's, not a censor's).
+    outage_until_ms: float | None = None
 
 
 class CatalogRef(BaseModel):

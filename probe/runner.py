@@ -21,12 +21,26 @@ from probe.catalog import Job, LoadedCatalog
 from probe.classify import Baseline
 from probe.classify.network import in_light_of
 from probe.layers import Context
-from probe.observations import Observation
+from probe.observations import DnsFacts, Observation
 from probe.results import CatalogRef, NetworkResult, Run, TargetResult
 
 OnTarget = Callable[[TargetResult], None]
 # Schemes whose targets are judged in the light of the whole run (why a call fails).
 _JUDGED_AT_THE_END = ("stun", "turn")
+
+
+def known_addresses(baseline: Run | None) -> dict[str, list[str]]:
+    """The addresses a baseline's resolver gave each name: a name that fails at DNS now is
+    tried there too (engine._dns_fallback)."""
+    known: dict[str, list[str]] = {}
+    if baseline is None:
+        return known
+    for target in [*baseline.network.controls, *baseline.targets]:
+        for sample in target.observation.samples:
+            dns = sample.get(DnsFacts)
+            if dns is not None and dns.ok and dns.answers and dns.name and not dns.literal:
+                known.setdefault(dns.name, list(dns.answers))
+    return known
 
 
 def now_iso() -> str:
@@ -95,7 +109,8 @@ class Runner:
             self.on_target(result)
 
     async def run(self) -> None:
-        ctx = Context(settings=self.loaded.settings, include_ip=self.include_ip)
+        ctx = Context(settings=self.loaded.settings, include_ip=self.include_ip,
+                      known_addresses=known_addresses(self.baseline))
         concurrency = self.concurrency or self.loaded.settings.concurrency
         # Controls first (every verdict waits for them), then the call-like flows (a few
         # seconds each: started early, they overlap the rest instead of trailing it).

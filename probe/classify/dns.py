@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from probe import failures as F
 from probe.classify.reasons import reason_of
-from probe.classify.verdict import Verdict
-from probe.observations import DnsFacts, Observation
+from probe.classify.verdict import Verdict, join
+from probe.observations import DnsFacts, DnsFallback, Observation
 from probe.results import TargetResult
 from probe.wire.dns import is_bogon, is_public_name, shares_address
 
@@ -198,3 +198,20 @@ def judge(observation: Observation, baseline_target: TargetResult | None = None
     if len(verdicts) > 1:
         return Verdict(first.status, reason, f"{first.detail}; {len(verdicts)} samples")
     return first
+
+
+def with_fallback(verdict: Verdict, step: DnsFallback | None) -> Verdict:
+    """A DNS-blocked target in the light of its baseline address, tried after the lookups
+    failed: working there, only the name is blocked (clients that know the address, as call
+    relays and hard-coded servers are known, get through: degraded, not blocked); failing
+    there too, the service is unreachable from here, not only its name."""
+    if step is None or verdict.status != "blocked" or not verdict.reason.startswith("dns."):
+        return verdict
+    if step.ok:
+        return Verdict("degraded", verdict.reason, join(
+            verdict.detail, f"the address the baseline resolved it to ({step.address}) works: "
+                            f"only the name is blocked"))
+    failed = reason_of(step.failed_layer or "dns", step.failure)
+    return Verdict(verdict.status, verdict.reason, join(
+        verdict.detail, f"the address the baseline resolved it to ({step.address}) fails too "
+                        f"({failed}): the service is unreachable from here, not only its name"))

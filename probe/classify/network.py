@@ -53,11 +53,33 @@ def one_address(controls: Iterable[TargetResult]) -> str | None:
     return next(iter(everything)) if len(answers) >= 2 and len(everything) == 1 else None
 
 
+def outage_until(controls: Sequence[TargetResult]) -> float | None:
+    """When a network-wide outage at the start of the run ended (ms into the run): every
+    control sample taken before then failed, and every one taken after it worked. None when
+    the controls show no such outage (or their samples carry no times: older files)."""
+    timed = [(s.at_ms, s.ok) for c in controls if c.status != "inconclusive"
+             for s in c.observation.samples if s.at_ms is not None]
+    failed = [at for at, ok in timed if not ok]
+    worked = [at for at, ok in timed if ok]
+    if not failed or not worked or max(failed) >= min(worked):
+        return None
+    # each control must have failed: one control's bad luck is no network-wide outage
+    if any(all(s.ok for s in c.observation.samples) for c in controls
+           if c.status != "inconclusive"):
+        return None
+    return min(worked)
+
+
 def judge_network(controls: Sequence[TargetResult]) -> NetworkResult:
     """Down when every control failed; captive when a portal answers; an allowlist when only
     domestic controls work. Controls that cannot be tested here count neither way."""
     def result(status: Status, reason: str, detail: str) -> NetworkResult:
-        return NetworkResult(status=status, reason=reason, detail=detail, controls=list(controls))
+        outage = outage_until(controls) if status == "ok" else None
+        if outage is not None:
+            detail += (f"; every control failed in the first {outage / 1000:.1f} s of the run, "
+                       f"then worked: a short network-wide outage")
+        return NetworkResult(status=status, reason=reason, detail=detail, controls=list(controls),
+                             outage_until_ms=outage)
 
     if not controls:
         return result("ok", "ok", "no controls")
@@ -94,7 +116,7 @@ def in_light_of(network: NetworkResult, target: TargetResult) -> TargetResult:
     is inconclusive (nothing can be blamed on a censor); behind a captive portal every target
     is, since what answered was the portal."""
     if network.reason not in BLINDING:
-        return target
+        return _in_the_outage(network, target)
     if network.reason == "network.down" and target.status == "ok":
         return target
     if target.status == "inconclusive" and target.reason == network.reason:
@@ -102,6 +124,21 @@ def in_light_of(network: NetworkResult, target: TargetResult) -> TargetResult:
     detail = f"{target.reason}: {target.detail}" if target.detail else target.reason
     return target.model_copy(update={"status": "inconclusive", "reason": network.reason,
                                      "detail": detail})
+
+
+def _in_the_outage(network: NetworkResult, target: TargetResult) -> TargetResult:
+    """A target whose failed samples all fell in the outage at the start of the run (its
+    others worked) says so: the network's failure, not a censor's."""
+    until = network.outage_until_ms
+    samples = target.observation.samples
+    if until is None or target.status == "ok" or not any(s.ok for s in samples):
+        return target
+    failed = [s.at_ms for s in samples if not s.ok]
+    if any(at is None or at >= until for at in failed):
+        return target
+    note = (f"the failed samples fell in the network-wide outage at the start of the run "
+            f"(every control failed then too): the network's, not a censor's")
+    return target.model_copy(update={"detail": f"{target.detail}; {note}"})
 
 
 def apply_network(network: NetworkResult, targets: Iterable[TargetResult]) -> list[TargetResult]:

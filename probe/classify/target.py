@@ -20,7 +20,7 @@ from probe.classify import diagnosis, dns, udp
 from probe.classify.quality import judge_quality
 from probe.classify.reasons import describe, no_local_ipv6, sample_reason, status_of
 from probe.classify.verdict import Baseline, Subject, Verdict, join
-from probe.observations import ExchangeFacts, Observation
+from probe.observations import DnsFallback, ExchangeFacts, Observation
 from probe.results import TargetResult
 from probe.thresholds import DEFAULT, Thresholds
 
@@ -55,6 +55,7 @@ def judge_samples(subject: Subject, observation: Observation, base: TargetResult
         return Verdict("inconclusive", "target.untestable", "no sample")
     checked = dns.judge(observation, base)
     if checked is not None:  # the dns phase carries its own judgement (dns.py)
+        checked = dns.with_fallback(checked, observation.step(DnsFallback))
         return same_in_baseline(checked, checked.reason, base, th)
     failing = [(s, r) for s, r in zip(samples, reasons, strict=True) if not s.ok]
     if not failing:

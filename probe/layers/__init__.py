@@ -81,6 +81,9 @@ class Context:
     settings: Settings
     include_ip: bool = False  # the user asked to keep addresses that could identify them
     scrubber: Scrubber = field(default_factory=Scrubber)  # knows this run's own addresses
+    # name -> the addresses a baseline's resolver gave it: tried when the name fails at DNS
+    known_addresses: dict[str, list[str]] = field(default_factory=dict)
+    started: float | None = None  # the loop's time when the run began
     _ssl: dict[tuple[Any, ...], ssl.SSLContext] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # per-run caches owned by layers
 

@@ -86,6 +86,26 @@ QUIC = "quic://web.example.org:443"
 STUN = "stun://stun.example.org:3478"
 TCP = "tcp://chat.example.org:5222"
 
+def call(sent: int = 250, answered: int = 250, rtt: float = 60.0, jitter: float = 2.0,
+         bursts: int = 0, per_second: list[int] | None = None, cut_after: int | None = None,
+         fresh: int | None = None) -> Sample:
+    """A call-like flow's stun facts (probe/layers/stun.py writes these)."""
+    lost = sent - answered
+    facts: dict[str, Any] = dict(
+        sent=sent, answered=answered, lost=lost, loss=lost / sent, late=0, call=True,
+        rate=50.0, size=160, rtt_median_ms=rtt if answered else None, jitter_ms=jitter,
+        loss_bursts=bursts, max_burst=lost if bursts == 1 else min(lost, 3),
+        answered_per_s=per_second or [answered // 5] * 5, pattern=f"+{answered}")
+    if cut_after is not None:
+        facts.update(silent_after_packets=cut_after, silent_after_bytes=cut_after * 160,
+                     silent_after_s=cut_after / 50, fresh_flow_sent=5 if fresh is not None
+                     else None, fresh_flow_answered=fresh)
+        phase = ph(ok=False, failure="cutoff", ms=6000.0, error="answered, then silent", **facts)
+    else:
+        phase = ph(ok=answered > 0, ms=rtt, failure=None if answered else "timeout", **facts)
+    return Sample(phases={"dns": dns_ok("stun.example.org"), "stun": phase})
+
+
 # --- techniques ------------------------------------------------------------------------------
 
 TECHNIQUES: dict[str, tuple[str, Observation, Observation | None, tuple[str, str], str]] = {
@@ -181,12 +201,75 @@ TECHNIQUES: dict[str, tuple[str, Observation, Observation | None, tuple[str, str
     "UDP cut-off": (
         STUN, obs(stun(80, 60, ok=False, failure="cutoff")), None,
         ("blocked", "udp.cutoff"), "cutoff"),
+    "flow freeze after N packets": (
+        STUN, obs(call(answered=13, cut_after=13, fresh=5)), obs(call()),
+        ("blocked", "udp.cutoff"), "the flow is frozen, not the address"),
+    "calls gurgle": (
+        STUN, obs(call(answered=180, jitter=27.0, bursts=60)), obs(call()),
+        ("degraded", "call.poor"), "a call would sound poor: MOS"),
+    "QUIC filtered by SNI": (
+        QUIC, obs(*[failing("quic", "timeout", server_packet=False)] * 3,
+                  quic_control=ph(ms=30.0, sni="example.com", before_samples=True,
+                                  server_packet=True),
+                  version_negotiation=ph(ms=60.0, versions=["0x00000001"])),
+        None, ("blocked", "quic.sni_filtered"), "QUIC control: a handshake with SNI example.com"),
+    "QUIC v1 dropped (the harmless name fails too)": (
+        QUIC, obs(*[failing("quic", "timeout", server_packet=False)] * 3,
+                  quic_control=ph(ok=False, failure="timeout", sni="example.com",
+                                  error="no server packet"),
+                  version_negotiation=ph(ms=60.0, versions=["0x00000001"])),
+        None, ("blocked", "quic.timeout"), "QUIC v1 is dropped"),
     "first-packet allowlist (payload after connect dropped)": (
         TLS, obs(*[tls_failing("timeout")] * 3,
                  sni_control=ph(ok=False, failure="timeout", sni="example.com",
                                 error="no ServerHello")),
         None, ("blocked", "tls.timeout"), "failed too"),
 }
+
+
+# Techniques seen only across a run's targets (probe/classify/calls.py): (controls, targets)
+# as (url, observation) pairs, the target judged, its expected verdict and words.
+Pairs = list[tuple[str, Observation]]
+
+
+def _quic_answered() -> Observation:
+    return obs(Sample(phases={"dns": dns_ok("quic.example.net"),
+                              "quic": ph(ms=30.0, server_packet=True)}))
+
+
+RUN_TECHNIQUES: dict[str, tuple[Pairs, Pairs, tuple[str, str], str]] = {
+    "STUN classified on any address": (
+        [("stun://stun.example.net:19302", obs(stun(3, 3))),
+         ("quic://quic.example.net:443", _quic_answered())],
+        [(STUN, obs(call(answered=0))), (TCP, obs(Sample(phases={"dns": dns_ok(),
+                                                                   "tcp": tcp_ok()})))],
+        ("blocked", "udp.stun_filtered"), "whatever the server"),
+    "encrypted UDP dropped": (
+        [("stun://stun.example.net:19302", obs(stun(3, 3))),
+         ("https://example.com/", obs(https()))],
+        [(STUN, obs(call(answered=0))),
+         ("quic://web.example.org:443", obs(*[failing("quic", "timeout")] * 3)),
+         ("turn://relay.example.org:443?transport=tcp",
+          obs(Sample(phases={"dns": dns_ok("relay.example.org"), "tcp": tcp_ok(),
+                             "turn": ph(ms=50.0, transport="tcp", error_code=401, realm=True,
+                                        nonce=True)})))],
+        ("blocked", "udp.timeout"), "only TCP relays can carry a call; a TCP relay works"),
+}
+
+
+@pytest.mark.parametrize("name", list(RUN_TECHNIQUES))
+def test_run_technique(name: str) -> None:
+    controls, targets, expected, text = RUN_TECHNIQUES[name]
+    judged_controls = [target(u, o, platform=None, feature=None) for u, o in controls]
+    judged = [target(u, o, feature="calls" if i == 0 else "other")
+              for i, (u, o) in enumerate(targets)]
+    network, results, features, _ = classify.judge_groups(
+        classify.judge_network(judged_controls), judged, {}, {"app": "App"})
+    first = results[0]
+    assert (first.status, first.reason) == expected, first.detail
+    assert text in first.detail, first.detail
+    calls = next(f for f in features if f.feature == "calls")
+    assert calls.status == "blocked"
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
@@ -231,6 +314,14 @@ LOOKALIKES: dict[str, tuple[str, Observation, Observation | None, dict[str, floa
         TCP, obs(failing("tcp", "timeout"), Sample(phases={"dns": dns_ok(), "tcp": tcp_ok()}),
                  Sample(phases={"dns": dns_ok(), "tcp": tcp_ok()})), None, {},
         ("degraded", "tcp.timeout")),
+    "a busy public STUN server (rate-limited)": (
+        STUN, obs(call(answered=26, per_second=[5, 5, 6, 5, 5], bursts=25)),
+        obs(call(answered=26, per_second=[5, 5, 5, 6, 5], bursts=25)), {}, ("ok", "ok")),
+    "a busy public STUN server, no baseline": (
+        STUN, obs(call(answered=26, per_second=[5, 5, 6, 5, 5], bursts=25)), None, {},
+        ("ok", "ok")),
+    "ordinary 1 % loss on a call": (
+        STUN, obs(call(answered=247, bursts=3)), None, {}, ("ok", "ok")),
     "platform-side change: new CA": (
         WEB, obs(*[https(issuer="CN=New Public CA", spki="bb")] * 3), obs(https()), {},
         ("ok", "ok")),
@@ -328,7 +419,8 @@ def test_technique_rows_cover_the_document() -> None:
     lookalikes = _table_rows(lines, "| condition |")
     # techniques: the two "reject" signatures and the second "block page"/"QUIC" rows are
     # extra cases; the tests for the network-level look-alikes are the functions above
-    assert len(TECHNIQUES) >= len(techniques), (len(TECHNIQUES), len(techniques))
+    assert len(TECHNIQUES) + len(RUN_TECHNIQUES) >= len(techniques), (
+        len(TECHNIQUES), len(RUN_TECHNIQUES), len(techniques))
     network_level = {"no network at all", "captive portal"}
     named = {row.split("|")[1].strip() for row in lookalikes}
     covered = {n.split(" (")[0].split(":")[0] for n in LOOKALIKES} | network_level
