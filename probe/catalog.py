@@ -372,7 +372,7 @@ def _ca_path(value: str | None, info: ValidationInfo) -> str | None:
 class Settings(Strict):
     timeout: Duration = 5.0
     attempts: int = Field(default=3, ge=1, le=1000)
-    concurrency: int = Field(default=64, ge=1, le=100_000)
+    concurrency: int = Field(default=256, ge=1, le=100_000)
     resolver: str = "system"
     doh: str | None = None
     ca_file: str | None = None

@@ -5,7 +5,8 @@ Scheduling only: which layer measures a target comes from a mapping of declared 
 business. A fixed pool of `concurrency` workers pulls jobs from one iterator, so N silent
 targets cost about ceil(N / concurrency) timeouts and memory stays flat however long the
 catalog is. Every sample runs under the layer's deadline (`Layer.budget`), so no layer can hold
-a worker past it. Each sample's server-supplied text is scrubbed of the user's address before
+a worker past it. When every control's first sample has failed and none worked (no network),
+failing samples are not repeated and no diagnosis is taken: the verdicts would not change. Each sample's server-supplied text is scrubbed of the user's address before
 it is kept (probe/scrub.py). Cancelling the task that awaits `run()` stops every worker; the
 observations finished so far have already been handed to `on_done`.
 """
@@ -64,17 +65,21 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
     clean = None if ctx.include_ip else ctx.scrubber
     loop = asyncio.get_running_loop()
     started = ctx.started if ctx.started is not None else loop.time()
-    for _ in range(job.attempts):
+    for attempt in range(job.attempts):
         began = loop.time()
         sample = await _sample(layer, job, ctx, budget)
         sample.at_ms = round((began - started) * 1000, 1)
         observation.samples.append(sample.scrubbed(clean) if clean is not None else sample)
+        if job.is_control:
+            ctx.network.control_sample(first=attempt == 0, ok=sample.ok)
+        if not sample.ok and ctx.network.down:
+            break  # no network: another failure would change no verdict, only cost a timeout
         # A layer whose `attempts` are requests of one exchange (stun) runs it once, unless
         # the name did not resolve: one lost lookup is one failed sample, not a silent target.
         if layer.one_exchange and not _failed_at_dns(sample):
             break
     steps: list[Facts] = []
-    if not any(s.ok for s in observation.samples):
+    if not any(s.ok for s in observation.samples) and not ctx.network.down:
         if layer.diagnose is not None:
             try:
                 async with asyncio.timeout(budget):

@@ -20,7 +20,7 @@ from probe import __version__, classify, engine
 from probe.catalog import Job, LoadedCatalog
 from probe.classify import Baseline
 from probe.classify.network import in_light_of
-from probe.layers import Context
+from probe.layers import Context, NetworkWatch
 from probe.observations import DnsFacts, Observation
 from probe.results import CatalogRef, NetworkResult, Run, TargetResult
 
@@ -110,7 +110,8 @@ class Runner:
 
     async def run(self) -> None:
         ctx = Context(settings=self.loaded.settings, include_ip=self.include_ip,
-                      known_addresses=known_addresses(self.baseline))
+                      known_addresses=known_addresses(self.baseline),
+                      network=NetworkWatch(controls=sum(1 for j in self.jobs if j.is_control)))
         concurrency = self.concurrency or self.loaded.settings.concurrency
         # Controls first (every verdict waits for them), then the call-like flows (a few
         # seconds each: started early, they overlap the rest instead of trailing it).

@@ -69,6 +69,27 @@ class LazyLayers(Mapping[str, Layer]):
         return len(MODULES)
 
 
+@dataclass
+class NetworkWatch:
+    """Whether the network already looks down: every control's first sample failed and none
+    has worked. Then no sample that fails is worth repeating (every failing verdict will be
+    `inconclusive network.down`), so a run with no network ends in about one timeout."""
+
+    controls: int = 0  # controls in the run
+    first_failed: int = 0  # of them, how many failed their first sample
+    worked: bool = False  # any control sample worked
+
+    def control_sample(self, first: bool, ok: bool) -> None:
+        if ok:
+            self.worked = True
+        elif first:
+            self.first_failed += 1
+
+    @property
+    def down(self) -> bool:
+        return bool(self.controls) and not self.worked and self.first_failed >= self.controls
+
+
 # A name nobody blocks: IANA's reserved example domain (RFC 2606), for the SNI controls of the
 # tls and quic layers. Override with `settings.control_sni` when a network treats it specially.
 DEFAULT_CONTROL_SNI = "example.com"
@@ -84,6 +105,7 @@ class Context:
     # name -> the addresses a baseline's resolver gave it: tried when the name fails at DNS
     known_addresses: dict[str, list[str]] = field(default_factory=dict)
     started: float | None = None  # the loop's time when the run began
+    network: NetworkWatch = field(default_factory=NetworkWatch)
     _ssl: dict[tuple[Any, ...], ssl.SSLContext] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # per-run caches owned by layers
 

@@ -55,6 +55,9 @@ from probe.wire.quic import (
 )
 
 DEFAULT_ALPN = ("h3",)
+# Seconds a sample waits for the control handshake to the same address before its own Initial:
+# a handshake takes a round trip or two, even over a satellite.
+CONTROL_HEAD_START = 2.0
 
 # aioquic logs every close it sends as a warning; without a handler of the program's own,
 # Python's last-resort handler would print those to stderr over the progress display.
@@ -144,9 +147,10 @@ async def take_control(job: Job, ctx: Context, address: str, port: int) -> None:
         control = ctx.cache[key] = _ControlTask(
             asyncio.ensure_future(_control(job, ctx, address, port, sni)))
     if not control.task.done():
-        # Shielded: a sample cancelled by its deadline must not cancel other targets' control.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(control.task)
+        # Waited on, not cancelled by a sample's deadline (other targets share the control);
+        # for at most a head start: a control still unanswered by then is on a path that drops
+        # QUIC, and the sample need not spend a second timeout behind it.
+        await asyncio.wait({control.task}, timeout=min(job.timeout, CONTROL_HEAD_START))
 
 
 class _Handshake(asyncio.DatagramProtocol):

@@ -4,6 +4,7 @@ cancellation, without a socket."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -165,3 +166,33 @@ def test_server_text_is_scrubbed_before_it_is_kept(make_job: Callable[..., Job])
                       ctx=Context(settings=_settings(job), include_ip=True))
     kept_tcp = kept[0].samples[0].get(TcpFacts)
     assert kept_tcp is not None and "10.9.8.7" in (kept_tcp.error or "")
+
+
+def test_with_no_network_failing_samples_are_not_repeated(make_catalog: Callable[..., Any]) -> None:
+    """Every control's first sample failed and none worked: a failing sample is not repeated
+    and no diagnosis is taken (every failing verdict is network.down anyway); a sample that
+    works goes on as usual."""
+    from probe.layers import NetworkWatch
+
+    loaded = make_catalog("tcp://192.0.2.1:1", "tcp://192.0.2.2:2", attempts=3)
+    controls = [j for j in loaded.jobs()]
+    control_jobs = [dataclasses.replace(j, platform=None, feature=None) for j in controls]
+    working = next(make_catalog("tcp://192.0.2.3:3", attempts=3).jobs())
+    failing = next(make_catalog("tcp://192.0.2.4:4", attempts=3).jobs())
+    diagnosed: list[str] = []
+
+    async def measure(job: Job, ctx: Context) -> Sample:
+        await asyncio.sleep(0)
+        ok = job.endpoint.port == 3
+        return Sample(phases={"tcp": TcpFacts(ok=ok, failure=None if ok else "timeout")})
+
+    async def diagnose(job: Job, ctx: Context, observation: Observation) -> list[Facts]:
+        diagnosed.append(job.target.url)
+        return []
+
+    layer = Layer(measure=measure, budget=lambda j: 1.0, diagnose=diagnose)
+    ctx = Context(settings=loaded.settings, network=NetworkWatch(controls=2))
+    done = run_engine([*control_jobs, working, failing], layer, concurrency=1, ctx=ctx)
+    # one at a time: the first control took its three samples before the second one failed
+    assert [len(o.samples) for o in done] == [3, 1, 3, 1]
+    assert diagnosed == [] and ctx.network.down
