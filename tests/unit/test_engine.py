@@ -195,4 +195,4 @@ def test_with_no_network_failing_samples_are_not_repeated(make_catalog: Callable
     done = run_engine([*control_jobs, working, failing], layer, concurrency=1, ctx=ctx)
     # one at a time: the first control took its three samples before the second one failed
     assert [len(o.samples) for o in done] == [3, 1, 3, 1]
-    assert diagnosed == [] and ctx.network.down
+    assert diagnosed == ["tcp://192.0.2.1:1"] and ctx.network.down  # before it was down
