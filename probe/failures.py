@@ -70,6 +70,44 @@ ERRNO_FACTS: dict[int, str] = {
 }
 
 
+# What an errno reads as in `detail`: words of ours, never the exception's text, which is the
+# library's and the platform's ("Connect call failed ('127.0.0.66', 46527)" is asyncio's for
+# ECONNREFUSED, "[Errno 111] Connection refused" Python's) and may carry an address.
+ERRNO_WORDS: dict[int, str] = {
+    errno.ETIMEDOUT: "timed out",
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "connection reset (broken pipe)",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.EHOSTDOWN: "host down",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ENETDOWN: "network down",
+    errno.EACCES: "prohibited (an ICMP \"administratively prohibited\", or a local firewall)",
+    errno.EPERM: "prohibited (an ICMP \"administratively prohibited\", or a local firewall)",
+    errno.EADDRNOTAVAIL: "no local address to reach it from",
+    errno.EAFNOSUPPORT: "this address family cannot be used here",
+    errno.EPROTO: "protocol error",
+    errno.EMFILE: "this process ran out of file descriptors",
+    errno.ENFILE: "this host ran out of file descriptors",
+    errno.ENOBUFS: "this host ran out of buffer space",
+    errno.EAGAIN: "this host's send buffers were full",
+    errno.ENOMEM: "this host ran out of memory",
+    errno.EMSGSIZE: "a datagram larger than this host's path allows",
+    errno.EADDRINUSE: "no free source port",
+}
+
+
+def _tls_words(reason: str) -> str:
+    """An OpenSSL reason code in words: 'TLSV1_ALERT_PROTOCOL_VERSION' -> 'TLS alert:
+    protocol version', 'WRONG_VERSION_NUMBER' -> 'TLS error: wrong version number'."""
+    words = reason.lower().replace("_", " ")
+    for prefix in ("sslv3 alert ", "tlsv1 alert ", "tlsv13 alert "):
+        if words.startswith(prefix):
+            return f"TLS alert: {words[len(prefix):]}"
+    return f"TLS error: {words}"
+
+
 class Failed(Exception):
     """Raised inside a layer to record a failure fact directly (no OS error behind it)."""
 
@@ -86,29 +124,34 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, TimeoutError):
         return TIMEOUT, "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return _certificate(exc), exc.verify_message or str(exc)
+        return _certificate(exc), exc.verify_message or "certificate not accepted"
     if isinstance(exc, ssl.SSLError):
-        return _ssl(exc), exc.reason or str(exc)
+        fact = _ssl(exc)
+        if fact == EOF_:
+            return fact, "connection closed"
+        return fact, _tls_words(exc.reason) if exc.reason else "TLS error"
     if isinstance(exc, OSError) and exc.errno in ERRNO_FACTS:
-        return ERRNO_FACTS[exc.errno], exc.strerror or str(exc)
+        return ERRNO_FACTS[exc.errno], ERRNO_WORDS[exc.errno]
     if isinstance(exc, ConnectionResetError | BrokenPipeError):
-        return CONNECTION_RESET, str(exc) or "connection reset"
+        return CONNECTION_RESET, "connection reset"
     if isinstance(exc, ConnectionRefusedError):
-        return CONNECTION_REFUSED, str(exc) or "connection refused"
+        return CONNECTION_REFUSED, "connection refused"
     if isinstance(exc, EOFError | ConnectionAbortedError):
-        return EOF_, str(exc) or "connection closed"
+        return EOF_, "connection closed"
     if isinstance(exc, OSError) and exc.errno is None and "EOF" in type(exc).__name__:
-        return EOF_, str(exc)
+        return EOF_, "connection closed"
     if type(exc).__name__ == "RemoteProtocolError":  # h11's and httpx's, not imported here
         # h11 words a hang-up "peer closed connection without sending complete message body"
         # or "peer unexpectedly closed connection", httpcore "Server disconnected"; anything
         # else is a response we could not parse (garbage, "Receive buffer too long").
         text = str(exc).lower()
-        return (EOF_ if "closed" in text or "disconnected" in text else PROTOCOL_ERROR), str(exc)
+        if "closed" in text or "disconnected" in text:
+            return EOF_, "connection closed before the whole response"
+        return PROTOCOL_ERROR, "an answer that is not valid HTTP/1.1"
     if type(exc).__module__.startswith("h2.") and any(
             c.__name__ == "ProtocolError" for c in type(exc).__mro__):
         # h2 (HTTP/2 frames): the server sent what HTTP/2 forbids, or garbage
-        return PROTOCOL_ERROR, str(exc) or type(exc).__name__
+        return PROTOCOL_ERROR, "the server broke the HTTP/2 protocol"
     # A library's wrapper (httpx.ConnectError around an OSError) says what its cause says.
     cause = exc.__cause__ or exc.__context__
     if cause is not None and cause is not exc:

@@ -7,6 +7,8 @@ tests/unit/test_failures.py checks that every fact maps to a documented code.
 
 from __future__ import annotations
 
+import re
+
 from probe import failures as F
 from probe.observations import DnsFacts, Facts, HttpFacts, Sample, TcpFacts
 from probe.results import Status
@@ -140,10 +142,16 @@ def sample_reason(sample: Sample, th: Thresholds) -> str:
     return reason_of(layer, facts.failure)
 
 
+# A duration already in a layer's message ("no answer to SYN within 5 s"): one timing per fact.
+_TIMED = re.compile(r"\b\d+(?:\.\d+)? ?(?:ms|s)\b")
+
+
 def describe(layer: str, facts: Facts) -> str:
-    """One line of facts about a failed layer, for `detail`."""
-    took = f" after {facts.ms:.0f} ms" if facts.ms is not None else ""
+    """One line of facts about a failed layer, for `detail`: its message, and how long it took
+    unless the message says so already."""
     what = facts.error or facts.failure or "failed"
+    took = f" after {facts.ms:.0f} ms" if facts.ms is not None and not _TIMED.search(what) \
+        else ""
     if (isinstance(facts, HttpFacts) and facts.failure == F.STALL and facts.bytes is not None
             and str(facts.bytes) not in what):
         what += f" ({facts.bytes} bytes arrived before the stall)"
