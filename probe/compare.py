@@ -2,7 +2,8 @@
 
 Targets match by platform + feature + url, controls by url (as baselines do). For each: the
 status transition and the deltas of RTT, throughput and loss (probe/metrics.py). A table for
-people, JSON (`probe.compare/1`) for scripts.
+people, as wide as the terminal and ending with the counts, where the eye lands; JSON
+(`probe.compare/1`) for scripts. The command exits 1 when a target got worse.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from probe.metrics import Metrics, metrics_of
-from probe.report.text import fmt_ms, fmt_rate, verdict
+from probe.report.text import (
+    NARROW,
+    Column,
+    fmt_ms,
+    fmt_rate,
+    grid_of,
+    shown_rtt,
+    target_verdict,
+    verdict,
+)
 from probe.results import Key, Run, TargetResult, index_targets
 
 SCHEMA = "probe.compare/1"
@@ -64,7 +73,7 @@ def rows(before: Run, after: Run) -> list[Row]:
 
 
 def _verdict(t: TargetResult | None) -> str:
-    return "-" if t is None else verdict(t.status, t.reason)
+    return "-" if t is None else target_verdict(t)
 
 
 def _side(t: TargetResult | None) -> dict[str, Any] | None:
@@ -147,33 +156,51 @@ def _summary(document: dict[str, Any]) -> str:
     return f"{total} targets: " + (", ".join(parts) if parts else "nothing changed")
 
 
-def table(before: Run, after: Run, width: int = 140, color: bool | None = None) -> str:
-    """The comparison for people; coloured when `color` (default: when stdout is a terminal)."""
+def table(before: Run, after: Run, width: int | None = None, color: bool | None = None) -> str:
+    """The comparison for people, `width` columns wide (default: the terminal's); coloured
+    when `color` (default: when stdout is a terminal). Below NARROW columns, no figures."""
+    from probe.report import terminal_width
+
+    width = terminal_width() if width is None else width
     color = sys.stdout.isatty() if color is None else color
     out = io.StringIO()
     console = Console(file=out, width=width, force_terminal=color,
                       color_system="standard" if color else None, highlight=False)
     document = to_document(before, after)
-    net = document["network"]
-    console.print(f"Comparing {before.started_at or '?'} → {after.started_at or '?'}: "
-                  f"{_summary(document)}")
-    console.print(f"Network: {net['before']['status']} ({net['before']['reason']}) → "
-                  f"{net['after']['status']} ({net['after']['reason']})")
-    grid = Table(show_header=True, header_style="bold", pad_edge=False)
-    for column in ("target", "before", "after", "change", "RTT ms", "throughput bit/s", "loss"):
-        grid.add_column(column, overflow="fold")
+    figures = width >= NARROW
+    columns = [Column("target", 2, 0.3, urls=True), Column("before", 0), Column("after", 0),
+               Column("change", 0)]
+    if figures:
+        columns += [Column("RTT ms", 0), Column("throughput bit/s", 0), Column("loss", 0)]
+    cells = []
     for row in rows(before, after):
-        ma = metrics_of(row.before) if row.before else Metrics(None, None, None)
-        mb = metrics_of(row.after) if row.after else Metrics(None, None, None)
+        ma = _metrics(row.before)
+        mb = _metrics(row.after)
         where = "(control)" if row.is_control else f"{row.key[0]} / {row.key[1]}"
-        label = f"{where} {row.name or row.key[2]}"
-        grid.add_row(label, _verdict(row.before), _verdict(row.after),
-                     Text(row.change, style=STYLE[row.change]),
-                     _pair(ma.rtt_ms, mb.rtt_ms, _ms),
-                     _pair(ma.throughput_bps, mb.throughput_bps, _bps),
-                     _pair(ma.loss, mb.loss, _pct))
-    console.print(grid)
+        line = [Text(f"{where} {row.name or row.key[2]}"), Text(_verdict(row.before)),
+                Text(_verdict(row.after)), Text(row.change, style=STYLE[row.change])]
+        if figures:
+            line += [Text(_pair(ma.rtt_ms, mb.rtt_ms, _ms)),
+                     Text(_pair(ma.throughput_bps, mb.throughput_bps, _bps)),
+                     Text(_pair(ma.loss, mb.loss, _pct))]
+        cells.append(line)
+    if cells:
+        console.print(grid_of(columns, cells, width))
+    net = document["network"]
+    console.print(f"Network: {verdict(net['before']['status'], net['before']['reason'])} → "
+                  f"{verdict(net['after']['status'], net['after']['reason'])}")
+    console.print(Text(f"Comparing {before.started_at or '?'} → {after.started_at or '?'}: "
+                       f"{_summary(document)}",
+                       style="bold red" if document["summary"].get("worse") else "bold"))
     return out.getvalue()
+
+
+def _metrics(t: TargetResult | None) -> Metrics:
+    """A side's figures as a report shows them: no RTT for a target that never answered."""
+    if t is None:
+        return Metrics(None, None, None)
+    m = metrics_of(t)
+    return m._replace(rtt_ms=shown_rtt(t, m))
 
 
 def render(before: Run, after: Run, fmt: str = "table") -> str:

@@ -1,10 +1,11 @@
-"""Rendering runs for people and scripts: table, json, jsonl, csv and markdown."""
+"""Rendering runs for people and scripts: table, summary, json, jsonl, csv and markdown."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -12,7 +13,10 @@ from collections.abc import Callable
 from probe.metrics import metrics_of
 from probe.results import Run, TargetResult, jsonl_lines
 
-FORMATS = ("table", "json", "jsonl", "csv", "markdown")
+FORMATS = ("table", "summary", "json", "jsonl", "csv", "markdown")
+
+# The width of a table written to a file or a pipe (COLUMNS, when set, overrides it).
+PLAIN_WIDTH = 160
 
 # Stable: new columns are only ever appended, so scripts reading by position keep working.
 CSV_COLUMNS = (
@@ -56,11 +60,18 @@ def render_markdown(run: Run, baseline: Run | None = None) -> str:
 def render_table(run: Run, baseline: Run | None = None) -> str:
     from probe.report.text import table
 
-    return table(run, baseline)
+    return table(run, baseline, width=terminal_width(), color=False)
+
+
+def render_summary(run: Run, baseline: Run | None = None) -> str:
+    from probe.report.text import summary
+
+    return summary(run, baseline, width=terminal_width(), color=False)
 
 
 RENDERERS: dict[str, Callable[[Run, Run | None], str]] = {
     "table": render_table,
+    "summary": render_summary,
     "json": render_json,
     "jsonl": render_jsonl,
     "csv": render_csv,
@@ -73,18 +84,26 @@ def render(run: Run, fmt: str, baseline: Run | None = None) -> str:
     return RENDERERS[fmt](run, baseline)
 
 
+def terminal_width() -> int:
+    """The width to render for: the terminal's when stdout is one, else COLUMNS when set,
+    else PLAIN_WIDTH (a file or a pipe has no width; wide keeps every column)."""
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PLAIN_WIDTH
+
+
 def render_for_terminal(run: Run, fmt: str, baseline: Run | None = None, *,
                         details: bool = False) -> str:
-    """A run for stdout: a table as wide as the terminal when stdout is one, else `render`."""
-    if fmt == "table" and sys.stdout.isatty():
-        from probe.report import text
+    """A run for stdout: the table (every target with `details`) and the summary as wide as
+    the terminal and coloured when stdout is one; other formats as `render`."""
+    from probe.report import text
 
-        width = shutil.get_terminal_size().columns
-        return text.table(run, baseline, width=width, details=details)
+    color = sys.stdout.isatty()
     if fmt == "table":
-        from probe.report import text
-
-        return text.table(run, baseline, details=details)
+        return text.table(run, baseline, width=terminal_width(), color=color, details=details)
+    if fmt == "summary":
+        return text.summary(run, baseline, width=terminal_width(), color=color)
     return render(run, fmt, baseline)
 
 

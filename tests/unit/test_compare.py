@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from builders import ph, sample
 from typer.testing import CliRunner
 
 from probe import catalog, classify, compare
 from probe.cli import app
-from builders import ph
-from probe.observations import Observation, Sample
+from probe.observations import Observation
 from probe.results import CatalogRef, Run, read_run
 
 CATALOG = """
@@ -31,15 +30,14 @@ platforms:
 def world(censored: bool) -> dict[str, Observation]:
     rate, size = (130e3, 60_000) if censored else (20e6, 1 << 20)
     took = size * 8 / rate * 1000
-    https = Sample(phases={"tcp": ph(ms=40.0, rtt_ms=40.0), "tls": ph(ms=60.0),
-                           "http": ph(ms=took, bytes=size, transfer_ms=took, throughput=rate,
-                                      status=200)})
+    https = sample(tcp=ph(ms=40.0, rtt_ms=40.0), tls=ph(ms=60.0),
+                   http=ph(ms=took, bytes=size, transfer_ms=took, throughput=rate, status=200))
     stun = ph(ok=not censored, ms=50.0, failure="timeout" if censored else None, sent=3,
               lost=3 if censored else 0, rtt_median_ms=None if censored else 50.0)
     return {
-        "tcp://192.0.2.1:443": Observation(samples=[Sample(phases={"tcp": ph(rtt_ms=30.0)})]),
-        "tcp://192.0.2.10:5222": Observation(samples=[Sample(phases={"tcp": ph(rtt_ms=45.0)})]),
-        "stun://192.0.2.20:3478": Observation(samples=[Sample(phases={"stun": stun})]),
+        "tcp://192.0.2.1:443": Observation(samples=[sample(tcp=ph(rtt_ms=30.0))]),
+        "tcp://192.0.2.10:5222": Observation(samples=[sample(tcp=ph(rtt_ms=45.0))]),
+        "stun://192.0.2.20:3478": Observation(samples=[sample(stun=stun)]),
         "https://192.0.2.30/": Observation(samples=[https] * 3),
     }
 
@@ -86,10 +84,29 @@ def test_added_and_removed_targets(saved: tuple[Path, Path]) -> None:
 
 def test_table(saved: tuple[Path, Path]) -> None:
     text = compare.render(read_run(saved[0]), read_run(saved[1]), "table")
-    assert "4 targets: 2 worse" in text
     assert "blocked (udp.timeout)" in text and "worse" in text
     assert "20.0M → 130k" in text
     assert "\x1b[" not in text  # plain when not a terminal
+    lines = text.splitlines()  # the counts last, where the eye lands
+    assert lines[-1] == ("Comparing 2026-01-01T00:00:00Z → 2026-01-02T00:00:00Z: 4 targets: "
+                         "2 worse")
+    assert lines[-2] == "Network: ok → ok"
+
+
+def test_table_follows_the_width(saved: tuple[Path, Path]) -> None:
+    before, after = read_run(saved[0]), read_run(saved[1])
+    narrow = compare.table(before, after, width=80, color=False)
+    assert "RTT ms" not in narrow and max(len(line) for line in narrow.splitlines()) <= 80
+    assert "RTT ms" in compare.table(before, after, width=140, color=False)
+
+
+def test_a_control_that_stopped_working_failed(saved: tuple[Path, Path]) -> None:
+    before, after = read_run(saved[0]), read_run(saved[1])
+    control = after.network.controls[0].model_copy(update={"status": "blocked",
+                                                           "reason": "tcp.timeout"})
+    after.network.controls[0] = control
+    text = compare.table(before, after, width=140, color=False)
+    assert "failed (tcp.timeout)" in text and "blocked (tcp.timeout)" not in text
 
 
 def test_cli_compare(saved: tuple[Path, Path]) -> None:
