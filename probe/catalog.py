@@ -39,12 +39,16 @@ from probe.errors import CatalogError, CatalogProblem
 if TYPE_CHECKING:
     from probe.wire.flow import CallPlan
 
-SCHEMES = ("dns", "tcp", "tls", "https", "quic", "stun", "turn")
-DEFAULT_PORTS = {"tls": 443, "https": 443, "quic": 443, "stun": 3478, "turn": 3478}
+SCHEMES = ("dns", "tcp", "tls", "https", "quic", "stun", "turn", "reflect")
+DEFAULT_PORTS = {"tls": 443, "https": 443, "quic": 443, "stun": 3478, "turn": 3478,
+                 "reflect": 3478}
+# reflect://HOST:PORT?shape=S: the probe-echo datagram shapes of probe/wire/echo.py
+REFLECT_SHAPES = ("stun", "whatsapp", "telegram", "rtp", "random")
+FLOW_SCHEMES = ("stun", "turn", "reflect")  # the schemes a call-like flow applies to
 M = TypeVar("M", bound=BaseModel)
 PLATFORM_ID = re.compile(r"^[a-z0-9_-]+$")
 TLS_SCHEMES = ("tls", "https", "quic")  # the schemes that do a TLS handshake
-UDP_SCHEMES = ("quic", "stun", "turn")
+UDP_SCHEMES = ("quic", "stun", "turn", "reflect")
 MAX_DURATION = 86_400.0  # a day: anything longer is a typo, and overflows some timers
 _SPACE = re.compile(r"\s")
 _HOSTNAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?$")
@@ -261,6 +265,8 @@ def _simple_endpoint(url: str) -> Endpoint | None:
         query = {k: v[-1] for k, v in parse_qs(query_text, keep_blank_values=True).items()}
     if scheme == "turn" and query.setdefault("transport", "udp") not in ("udp", "tcp"):
         return None
+    if scheme == "reflect":
+        return None  # its shape is checked by the full parse
     if scheme != "https" and (path not in (None, "/") or set(query) - {"transport"}
                               or (scheme != "turn" and query)):
         return None
@@ -311,6 +317,12 @@ def _parse_endpoint_fully(url: str) -> Endpoint:
         unknown = set(query) - {"transport"}
     elif scheme == "https":
         unknown = set()  # an https query is part of the request
+    elif scheme == "reflect":
+        shape = query.setdefault("shape", "stun")
+        if shape not in REFLECT_SHAPES:
+            raise ValueError(f"reflect shape must be one of {', '.join(REFLECT_SHAPES)}, got "
+                             f"{shape!r}")
+        unknown = set(query) - {"shape"}
     else:
         unknown = set(query)
     if unknown:
@@ -358,15 +370,53 @@ class Expect(Strict):
     max_loss: Percent | None = None
 
 
-def _ca_path(value: str | None, info: ValidationInfo) -> str | None:
-    """Make a CA file path absolute against the catalog's directory, and check it exists."""
+def _ca_path(value: str | None, info: ValidationInfo, what: str = "CA file") -> str | None:
+    """Make a file path absolute against the catalog's directory, and check it exists."""
     base = (info.context or {}).get("base_dir")
     if value is None or base is None:
         return value
     path = Path(base, value).resolve()
     if not path.is_file():
-        raise ValueError(f"CA file not found: {value!r} (looked at {path})")
+        raise ValueError(f"{what} not found: {value!r} (looked at {path})")
     return str(path)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Reflector(Strict):
+    """A `probe reflect` server of a research team's, outside the censored network: the calls
+    diagnosis measures on it instead of inferring (README "Running a reflector")."""
+
+    address: str = Field(description="the reflector's IP address or host name")
+    udp_ports: list[Port] = Field(default=[3478, 3480, 1400], min_length=1,
+                                  description="call ports: WhatsApp 3478/3480, Telegram 1400")
+    control_port: Port = Field(default=40000, description="a UDP port no censor filters")
+    shapes: list[Literal["stun", "whatsapp", "telegram", "rtp", "random"]] = Field(
+        default=["stun", "random"], min_length=1)
+    duration: Duration = 3.0  # each flow's, at a call's rate and size
+    token_file: str | None = None  # the team's token (relative to the catalog)
+    fingerprint: str | None = None  # SPKI SHA-256 of its TLS certificate (a reflect tls target)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return value if is_ip_literal(value) else check_hostname(value)
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _ca_path(value, info, what="token file")
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        digits = value.replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digits):
+            raise ValueError("fingerprint must be a SHA-256 in hex (64 digits, colons allowed)")
+        return digits
 
 
 class Settings(Strict):
@@ -377,6 +427,7 @@ class Settings(Strict):
     doh: str | None = None
     ca_file: str | None = None
     control_sni: str | None = None
+    reflector: Reflector | None = None
 
     @field_validator("resolver")
     @classmethod
@@ -482,8 +533,8 @@ class Target(Strict):
     @classmethod
     def _call_scheme(cls, value: Call | None, info: ValidationInfo) -> Call | None:
         scheme = _scheme(info)
-        if value is not None and value.enabled and scheme and scheme not in ("stun", "turn"):
-            raise ValueError("call applies to stun:// and turn:// targets only")
+        if value is not None and value.enabled and scheme and scheme not in FLOW_SCHEMES:
+            raise ValueError("call applies to stun://, turn:// and reflect:// targets only")
         return value
 
     @field_validator("expect")
@@ -492,8 +543,9 @@ class Target(Strict):
         scheme = _scheme(info)
         if scheme and value.min_throughput is not None and scheme != "https":
             raise ValueError("expect.min_throughput applies to https:// targets only")
-        if scheme and value.max_loss is not None and scheme not in ("stun", "turn"):
-            raise ValueError("expect.max_loss applies to stun:// and turn:// targets only")
+        if scheme and value.max_loss is not None and scheme not in FLOW_SCHEMES:
+            raise ValueError("expect.max_loss applies to stun://, turn:// and reflect:// "
+                             "targets only")
         return value
 
     @model_validator(mode="after")
@@ -570,19 +622,38 @@ class Job:
 
     @property
     def is_control(self) -> bool:
-        return self.platform is None
+        return self.platform is None and self.feature is None
+
+    @property
+    def is_reflector(self) -> bool:
+        return self.platform is None and self.feature == REFLECTOR
 
 
 CALLS_FEATURE = "calls"
+REFLECTOR = "reflector"  # the feature of the flows to settings.reflector (no platform)
+
+
+def reflector_targets(reflector: Reflector) -> list[Target]:
+    """One call-like flow per call port and shape, and per shape on the control port: the
+    differences name the technique (classify/calls.py)."""
+    host = f"[{reflector.address}]" if ":" in reflector.address else reflector.address
+    call = Call(duration=reflector.duration)
+    ports = [(port, "port") for port in reflector.udp_ports]
+    ports.append((reflector.control_port, "control port"))
+    return [Target(url=f"reflect://{host}:{port}?shape={shape}", call=call,
+                   name=f"reflector {kind} {port} {shape}")
+            for port, kind in ports for shape in reflector.shapes]
 
 
 def call_plan(feature: str | None, target: Target) -> CallPlan | None:
     """The call-like flow a stun/turn target is measured with: by default in a feature named
-    `calls`, anywhere with `call:` options, never with `call: false`."""
+    `calls`, anywhere with `call:` options, never with `call: false`. A reflect:// target is
+    always one."""
     options = target.call
-    if target.endpoint.scheme not in ("stun", "turn") or (options and not options.enabled):
+    scheme = target.endpoint.scheme
+    if scheme not in FLOW_SCHEMES or (options and not options.enabled and scheme != "reflect"):
         return None
-    if options is None and feature != CALLS_FEATURE:
+    if options is None and feature != CALLS_FEATURE and scheme != "reflect":
         return None
     from probe.wire.flow import CallPlan
 
@@ -640,6 +711,9 @@ class LoadedCatalog:
 
         for c in self.catalog.controls:
             yield job(None, None, c)
+        if s.reflector is not None:
+            for target in reflector_targets(s.reflector):
+                yield job(None, REFLECTOR, target)
         for pid, platform in self.catalog.platforms.items():
             if only and pid not in only:
                 continue

@@ -553,8 +553,16 @@ def reflect(
     token_file: Annotated[Optional[Path], typer.Option(
         "--token-file", help="Answer only requests that carry this shared secret's token.")]
         = None,
+    cert: Annotated[Optional[Path], typer.Option(
+        "--cert", help="TLS certificate (made there at the first start if missing).")] = None,
+    key: Annotated[Optional[Path], typer.Option("--key", help="Its private key.")] = None,
+    open_stun: Annotated[bool, typer.Option(
+        "--open-stun", help="With a token file, still answer plain STUN Binding requests.")]
+        = False,
 ) -> None:
-    """The far end for differential tests: run it on a host outside the censored network."""
+    """The far end for differential tests: run it on a host outside the censored network
+    (README "Running a reflector")."""
     from probe import reflect as reflector
 
-    raise typer.Exit(reflector.main(listen, udp_ports, tcp_ports, token_file))
+    raise typer.Exit(reflector.main(listen, udp_ports, tcp_ports, token_file, cert=cert,
+                                    key=key, open_stun=open_stun))

@@ -19,6 +19,7 @@ from probe.observations import (
     HttpFacts,
     Observation,
     QuicFacts,
+    ReflectFacts,
     Sample,
     StunFacts,
     TcpFacts,
@@ -29,8 +30,9 @@ from probe.results import TargetResult
 # Which layer stands for the round trip, best first: a TCP connect is one RTT (the kernel's
 # estimate when recorded); a QUIC server's first packet about one; a STUN exchange one per
 # request; a DNS answer only says how far the resolver is.
-RTT_LAYERS: tuple[type[Facts], ...] = (TcpFacts, QuicFacts, StunFacts, TurnFacts, DnsFacts)
-EXCHANGES: tuple[type[ExchangeFacts], ...] = (StunFacts, TurnFacts)
+RTT_LAYERS: tuple[type[Facts], ...] = (TcpFacts, QuicFacts, StunFacts, ReflectFacts, TurnFacts,
+                                       DnsFacts)
+EXCHANGES: tuple[type[ExchangeFacts], ...] = (StunFacts, ReflectFacts, TurnFacts)
 
 
 class Metrics(NamedTuple):

@@ -222,6 +222,18 @@ class StunFacts(ExchangeFacts):
     KEY: ClassVar[str] = "stun"
 
 
+class ReflectFacts(ExchangeFacts):
+    """A call-like flow of probe-echo datagrams to a `probe reflect` server, in one shape, and
+    what the reflector counted of it (asked afterwards on a fresh flow of the same session)."""
+
+    KEY: ClassVar[str] = "reflect"
+
+    shape: str | None = None  # stun, whatsapp, telegram, rtp, random
+    reflector_received: int | None = None  # of our requests, how many reached the reflector
+    reflector_answered: int | None = None  # how many it answered
+    direction: str | None = None  # a cut-off's: "up" (ours stopped arriving) or "down"
+
+
 class TurnFacts(ExchangeFacts):
     """An unauthenticated TURN Allocate: a 401 with REALM and NONCE is a TURN server."""
 
@@ -312,7 +324,7 @@ def _registry(*models: type[Facts]) -> dict[str, type[Facts]]:
 
 
 FACTS = _registry(DnsFacts, TcpFacts, TlsFacts, HttpFacts, QuicFacts, StunFacts, TurnFacts,
-                  DeadlineFacts, NotBuiltFacts)
+                  ReflectFacts, DeadlineFacts, NotBuiltFacts)
 STEPS = _registry(SniControl, QuicControl, VersionPing, OtherAddresses, PresentedCertificate,
                   DnsFallback, DeadlineFacts)
 

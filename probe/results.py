@@ -87,6 +87,8 @@ class Run(BaseModel):
     targets: list[TargetResult] = []
     features: list[FeatureResult] = []
     platforms: list[PlatformResult] = []
+    # flows to settings.reflector, whose differences name a call path's technique
+    reflector: list[TargetResult] = []
 
     def to_json(self, indent: int | None = 2) -> str:
         if indent != 2:
@@ -116,7 +118,7 @@ class Run(BaseModel):
         return "".join(parts)
 
 
-_LISTS = ("targets", "features", "platforms")
+_LISTS = ("targets", "features", "platforms", "reflector")
 
 
 # How targets match across runs: platform + feature + url (controls: None, None, url).
@@ -174,6 +176,7 @@ def _json(text: str) -> Any:
 # {"record": "run", "schema": "probe.run/1", "probe_version": ..., "started_at": ..., ...}
 # {...one target, the same object as an element of the JSON document's `targets`...}
 # {"record": "network", "status": ..., "reason": ..., "detail": ..., "controls": [...]}
+# {"record": "reflector", ...one flow to settings.reflector, a target's shape...}
 # {"record": "feature", ...one element of `features`...}
 # {"record": "platform", ...one element of `platforms`...}
 # {"record": "end", "finished_at": ..., "interrupted": false, "targets": N}
@@ -198,7 +201,8 @@ def jsonl_tail(run: Run) -> list[str]:
     def record(kind: str, model: BaseModel) -> str:
         return json.dumps({"record": kind, **model.model_dump(mode="json")}, ensure_ascii=False)
 
-    return [record("network", run.network), *(record("feature", f) for f in run.features),
+    return [record("network", run.network), *(record("reflector", t) for t in run.reflector),
+            *(record("feature", f) for f in run.features),
             *(record("platform", p) for p in run.platforms),
             json.dumps({"record": "end", "finished_at": run.finished_at,
                         "interrupted": run.interrupted, "targets": len(run.targets)})]
@@ -217,6 +221,7 @@ def parse_jsonl(text: str, path: str) -> Run:
     network: NetworkResult | None = None
     features: list[FeatureResult] = []
     platforms: list[PlatformResult] = []
+    reflector: list[TargetResult] = []
     end: dict[str, Any] | None = None
     lines = [line for line in text.splitlines() if line.strip()]
     for number, line in enumerate(lines, 1):
@@ -239,6 +244,8 @@ def parse_jsonl(text: str, path: str) -> Run:
             features.append(FeatureResult.model_validate(item))
         elif kind == "platform":
             platforms.append(PlatformResult.model_validate(item))
+        elif kind == "reflector":
+            reflector.append(TargetResult.model_validate(item))
         elif kind == "end":
             end = item
     complete = end is not None
@@ -250,7 +257,7 @@ def parse_jsonl(text: str, path: str) -> Run:
         baseline=head.get("baseline"),
         interrupted=bool((end or {}).get("interrupted")) or (bool(head) and not complete),
         network=network or NetworkResult(status="ok", detail="not recorded"),
-        targets=targets, features=features, platforms=platforms,
+        targets=targets, features=features, platforms=platforms, reflector=reflector,
     )
 
 

@@ -26,7 +26,7 @@ from probe.results import CatalogRef, NetworkResult, Run, TargetResult
 
 OnTarget = Callable[[TargetResult], None]
 # Schemes whose targets are judged in the light of the whole run (why a call fails).
-_JUDGED_AT_THE_END = ("stun", "turn")
+_JUDGED_AT_THE_END = ("stun", "turn", "reflect")
 
 
 def known_addresses(baseline: Run | None) -> dict[str, list[str]]:
@@ -93,7 +93,7 @@ class Runner:
                 for j, r in held:
                     self._emit(j, r)
             return
-        if job.endpoint.scheme in _JUDGED_AT_THE_END:
+        if job.endpoint.scheme in _JUDGED_AT_THE_END or job.is_reflector:
             return  # its verdict reads the whole run (classify/calls.py): streamed by finish
         if self._controls_left > 0:
             self._held.append((job, result))
@@ -136,9 +136,10 @@ class Runner:
                         job, Observation(interrupted=True), self._baseline)
         ordered = [(j, judged[id(j)]) for j in self.jobs if id(j) in judged]
         controls = [r for j, r in ordered if j.is_control]
-        targets = [r for j, r in ordered if not j.is_control]
+        reflector = [r for j, r in ordered if j.is_reflector]
+        targets = [r for j, r in ordered if j.platform is not None]
         network, targets, features, platforms = classify.judge_groups(
-            classify.judge_network(controls), targets, self.needs, self.names)
+            classify.judge_network(controls), targets, self.needs, self.names, reflector)
         return Run(
             probe_version=__version__,
             started_at=self.started_at,
@@ -150,11 +151,12 @@ class Runner:
             targets=targets,
             features=features,
             platforms=platforms,
+            reflector=reflector,
         )
 
     def not_streamed(self, run: Run) -> list[TargetResult]:
         """The targets of `run` (from finish()) that on_target has not been given."""
-        jobs = [j for j in self.jobs if not j.is_control]
+        jobs = [j for j in self.jobs if j.platform is not None]
         judged = {id(j) for j, _ in self.done}
         if self.interrupted:
             judged = {id(j) for j in jobs}

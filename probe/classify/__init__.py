@@ -81,10 +81,11 @@ def judge_target(job: Job, observation: Observation, baseline: Baseline | None =
 
 
 def judge_groups(network: NetworkResult, targets: Sequence[TargetResult],
-                 needs: dict[tuple[str, str], str], names: dict[str, str | None]) -> Judged:
-    """Calls diagnosed from the whole run, targets in the light of the network, then features
-    and platforms (new results)."""
-    judged = apply_network(network, calls.diagnose(network.controls, targets))
+                 needs: dict[tuple[str, str], str], names: dict[str, str | None],
+                 reflector: Sequence[TargetResult] = ()) -> Judged:
+    """Calls diagnosed from the whole run (and the reflector's flows), targets in the light of
+    the network, then features and platforms (new results)."""
+    judged = apply_network(network, calls.diagnose(network.controls, targets, reflector))
     features = judge_features(judged, needs)
     return network, judged, features, judge_platforms(features, names)
 
@@ -100,7 +101,7 @@ def judge_run(
     controls = [judge_target(j, o, baseline, thresholds)
                 for j, o in jobs_and_observations if j.is_control]
     targets = [judge_target(j, o, baseline, thresholds)
-               for j, o in jobs_and_observations if not j.is_control]
+               for j, o in jobs_and_observations if j.platform is not None]
     return judge_groups(judge_network(controls), targets, needs, names)
 
 
@@ -115,11 +116,12 @@ def rejudge(saved: Run, baseline: Run | None, baseline_path: str | None = None,
 
     controls = [again(c) for c in saved.network.controls]
     targets = [again(t) for t in saved.targets]
+    reflector = [again(t) for t in saved.reflector]
     needs = {(f.platform, f.feature): f.need for f in saved.features}
     names = {p.platform: p.name for p in saved.platforms}
     network, judged, features, platforms = judge_groups(
-        judge_network(controls), targets, needs, names)
+        judge_network(controls), targets, needs, names, reflector)
     return saved.model_copy(update={
         "baseline": baseline_path, "network": network, "targets": judged,
-        "features": features, "platforms": platforms,
+        "features": features, "platforms": platforms, "reflector": reflector,
     })

@@ -13,6 +13,11 @@ answer at all (`udp.timeout`):
   only TCP relays can carry a call (and a `turn:...?transport=tcp` target that works says one
   does).
 
+With a reflector of the research team's (settings.reflector) the same questions are measured,
+not inferred: its flows send each datagram shape to each call port and to a control port of an
+address nobody else uses, and the differences name the technique, said "measured against the
+reflector" (reflector_findings). Those come first; the inference above fills in the rest.
+
 Pure, like the rest of the package: it returns new results and changes none it is given.
 """
 
@@ -22,7 +27,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from probe.classify.verdict import join
-from probe.observations import DnsFacts, QuicControl, QuicFacts, StunFacts, TurnFacts, VersionPing
+from probe.observations import (
+    DnsFacts,
+    QuicControl,
+    QuicFacts,
+    ReflectFacts,
+    StunFacts,
+    TurnFacts,
+    VersionPing,
+)
 from probe.results import TargetResult
 from probe.wire.dns import is_address
 
@@ -102,16 +115,126 @@ def _other_udp(udp: _Udp) -> str:
     return " and ".join(said)
 
 
-def diagnose(controls: Sequence[TargetResult], targets: Sequence[TargetResult]
-             ) -> list[TargetResult]:
-    """The targets, with every silent platform STUN/TURN target's verdict told by the rest."""
-    udp = _Udp.of([*controls, *targets])
-    return [_diagnosed(t, udp, targets) if _silent_call_path(t) else t for t in targets]
+def diagnose(controls: Sequence[TargetResult], targets: Sequence[TargetResult],
+             reflector: Sequence[TargetResult] = ()) -> list[TargetResult]:
+    """The targets, with every silent (or cut off) platform STUN/TURN target's verdict told by
+    the rest of the run, and by the reflector's flows when there are some."""
+    udp = _Udp.of([*controls, *targets, *reflector])
+    measured = Reflected.of(reflector)
+    out = []
+    for t in targets:
+        if measured is not None and t.platform is not None and is_stun(t):
+            t = measured.explain(t)
+        if _silent_call_path(t) and "measured against the reflector" not in t.detail:
+            t = _diagnosed(t, udp, targets)
+        out.append(t)
+    return out
 
 
 def _silent_call_path(t: TargetResult) -> bool:
     return (t.platform is not None and is_stun(t) and t.status == "blocked"
             and t.reason == "udp.timeout")
+
+
+# --- measured against a reflector --------------------------------------------------------------
+
+
+def _port_shape(t: TargetResult) -> tuple[int, str]:
+    rest = t.url.partition("://")[2]
+    host_port, _, query = rest.partition("?")
+    port = int(host_port.rsplit(":", 1)[1]) if ":" in host_port.rsplit("]", 1)[-1] else 3478
+    shape = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("shape", "stun")
+    return port, shape
+
+
+def _port_of(t: TargetResult) -> int | None:
+    host_port = t.url.partition("://")[2].split("/")[0].split("?")[0]
+    tail = host_port.rsplit("]", 1)[-1]
+    return int(tail.rsplit(":", 1)[1]) if ":" in tail else None
+
+
+@dataclass(frozen=True)
+class Reflected:
+    """What the reflector's flows measured: per port and shape, answered, cut off or silent."""
+
+    address: str
+    flows: dict[tuple[int, str], TargetResult]
+    control_ports: frozenset[int]
+
+    @classmethod
+    def of(cls, reflector: Sequence[TargetResult]) -> Reflected | None:
+        if not reflector:
+            return None
+        flows = {_port_shape(t): t for t in reflector}
+        controls = frozenset(_port_shape(t)[0] for t in reflector
+                             if (t.name or "").startswith("reflector control"))
+        address = reflector[0].url.partition("://")[2].split("?")[0].rsplit(":", 1)[0]
+        return cls(address, flows, controls)
+
+    def finding(self, port: int | None) -> tuple[str | None, str] | None:
+        """(a refined reason or None, words) for a call target on `port` (or any call port)."""
+        where = f"measured against the reflector at {self.address}"
+        answered = {key: bool(stun_answered(f) or _reflect_answered(f))
+                    for key, f in self.flows.items()}
+        if not any(answered.values()):
+            return None, (f"{where}: nothing answers on any port or shape: the reflector's "
+                          f"address is blocked (or it is down): pick another reflector; "
+                          f"nothing measured")
+        call_ports = sorted({p for p, _ in self.flows} - self.control_ports)
+        ports = [port] if port in call_ports else call_ports
+        for p in ports:
+            shapes = {shape: answered[(q, shape)] for q, shape in self.flows if q == p}
+            cut = [f for (q, _), f in self.flows.items() if q == p and f.reason == "udp.cutoff"]
+            if cut:
+                return "udp.cutoff", f"{where}: {_cut_words(cut[0], p)}"
+            if shapes.get("stun") is False and any(shapes.values()):
+                passing = ", ".join(s for s, ok in shapes.items() if ok)
+                return "udp.stun_filtered", (
+                    f"{where}: STUN-shaped datagrams to port {p} are dropped while {passing} "
+                    f"ones pass: the protocol is classified, not the address or the port")
+            controls_ok = any(answered[(q, s)] for q, s in self.flows if q in self.control_ports)
+            if shapes and not any(shapes.values()) and controls_ok:
+                return None, (f"{where}: every datagram to UDP port {p} is dropped, whatever its "
+                              f"shape, while the control port passes: the port is blocked")
+        if port in call_ports and all(answered[(q, s)] for q, s in self.flows if q == port):
+            return None, (f"{where}: every shape passes to port {port} on an address nobody "
+                          f"else uses: the platform's servers are targeted")
+        return None
+
+    def explain(self, t: TargetResult) -> TargetResult:
+        if t.status == "ok":
+            return t
+        found = self.finding(_port_of(t))
+        if found is None:
+            return t
+        reason, words = found
+        update: dict[str, str] = {"detail": join(words, t.detail)}
+        if reason == "udp.stun_filtered" and t.reason == "udp.timeout":
+            update["reason"] = reason
+        return t.model_copy(update=update)
+
+
+def _reflect_answered(t: TargetResult) -> bool:
+    for sample in t.observation.samples:
+        facts = sample.get(ReflectFacts)
+        if facts is not None and facts.answered:
+            return True
+    return False
+
+
+def _cut_words(flow: TargetResult, port: int) -> str:
+    for sample in flow.observation.samples:
+        facts = sample.get(ReflectFacts)
+        if facts is None or facts.silent_after_packets is None:
+            continue
+        way = {"up": "our packets stop reaching the reflector",
+               "down": "the reflector's answers stop coming back"}.get(facts.direction or "")
+        text = (f"flows to port {port} are frozen after {facts.silent_after_packets} requests "
+                f"and {facts.answered or 0} answers")
+        if facts.reflector_received is not None:
+            text += f" (the reflector received {facts.reflector_received})"
+        return text + (f": {way}" if way else "")
+    return f"flows to port {port} are cut off"
 
 
 def _diagnosed(t: TargetResult, udp: _Udp, targets: Iterable[TargetResult]) -> TargetResult:

@@ -19,7 +19,7 @@ import statistics
 from probe.classify import emodel
 from probe.classify.verdict import Finding, Subject
 from probe.metrics import udp_counts
-from probe.observations import ExchangeFacts, Observation, StunFacts
+from probe.observations import ExchangeFacts, Observation, ReflectFacts, StunFacts
 from probe.results import TargetResult
 from probe.thresholds import Thresholds
 
@@ -42,12 +42,14 @@ def chance_words(chance: float) -> str:
     return f"one chance in {round(1 / chance):,} by bad luck"
 
 
-def call_flow(observation: Observation) -> StunFacts | None:
-    """The call-like flow of a target's first sample that ran one (stun, or turn's relay)."""
+def call_flow(observation: Observation) -> ExchangeFacts | None:
+    """The call-like flow of a target's first sample that ran one (stun, turn's relay, or a
+    reflector's echo)."""
     for sample in observation.samples:
-        facts = sample.get(StunFacts)
-        if facts is not None and facts.call:
-            return facts
+        for model in (StunFacts, ReflectFacts):
+            facts = sample.get(model)
+            if facts is not None and facts.call:
+                return facts
     return None
 
 

@@ -46,6 +46,7 @@ MODULES = {
     "quic": "quic",
     "stun": "stun",
     "turn": "turn",
+    "reflect": "reflect",
 }
 
 

@@ -81,8 +81,8 @@ async def exchange(address: str, port: int, plan: CallPlan, timeout: float, *,
         failure, message = classify_udp_error(exc)
         return StunFacts(ok=False, ms=_ms(time.perf_counter() - start), failure=failure,
                          error=message, port=port)
-    facts = _facts(run, port, plan, timeout, call=call, include_ip=include_ip,
-                   took=time.perf_counter() - start)
+    facts = StunFacts(**flow_facts(run, port, plan, timeout, call=call, include_ip=include_ip,
+                                   took=time.perf_counter() - start))
     if call and facts.failure == CUTOFF:
         fresh = await _fresh_flow(address, port, timeout)
         if fresh is not None:
@@ -100,8 +100,11 @@ async def _fresh_flow(address: str, port: int, timeout: float) -> FlowRun | None
         return None
 
 
-def _facts(run: FlowRun, port: int, plan: CallPlan, timeout: float, *, call: bool,
-           include_ip: bool, took: float) -> StunFacts:
+def flow_facts(run: FlowRun, port: int, plan: CallPlan, timeout: float, *, call: bool,
+               include_ip: bool, took: float, what: str = "STUN Binding requests"
+               ) -> dict[str, Any]:
+    """An exchange's facts (ExchangeFacts' fields, ok and failure included), for the stun
+    layer's StunFacts and the reflect layer's ReflectFacts alike."""
     stats = run.stats
     mapped, nat = _mapped(run)
     if mapped is not None:
@@ -150,17 +153,16 @@ def _facts(run: FlowRun, port: int, plan: CallPlan, timeout: float, *, call: boo
             failure, message = stats.icmp_failure, run.icmp_error or stats.icmp_failure
         else:
             failure = TIMEOUT
-            message = (f"no answer to {stats.sent} STUN Binding requests within "
-                       f"{timeout:g} s")
-        return StunFacts(ok=False, ms=_ms(took), failure=failure, error=message, **facts)
+            message = f"no answer to {stats.sent} {what} within {timeout:g} s"
+        return {"ok": False, "ms": _ms(took), "failure": failure, "error": message, **facts}
     if stats.cutoff:
         assert stats.silent_after_packets is not None and stats.silent_after_s is not None
         silent = stats.sent - stats.silent_after_packets
         message = (f"answered {stats.answered} of the first {stats.silent_after_packets} "
                    f"requests, then none of the last {silent} "
                    f"({stats.span_s - stats.silent_after_s + plan.wait:.1f} s of silence)")
-        return StunFacts(ok=False, ms=_ms(took), failure=CUTOFF, error=message, **facts)
-    return StunFacts(ok=True, ms=stats.rtt_p50_ms, **facts)
+        return {"ok": False, "ms": _ms(took), "failure": CUTOFF, "error": message, **facts}
+    return {"ok": True, "ms": stats.rtt_p50_ms, **facts}
 
 
 def _mapped(run: FlowRun) -> tuple[tuple[str, int] | None, bool | None]:

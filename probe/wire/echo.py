@@ -70,9 +70,11 @@ from enum import IntEnum, StrEnum
 
 from probe.errors import CodecError
 from probe.wire import stun
+from probe.wire.flow import Answer
 
 __all__ = [
     "ECHO_ATTRIBUTE",
+    "EchoFlow",
     "FRAME_HEADER",
     "MAX_FRAME_PAYLOAD",
     "PUBLIC_KEY",
@@ -518,6 +520,53 @@ def decode(data: bytes, keys: Sequence[bytes] = (PUBLIC_KEY,), *,
 def _kind_of(decoded: Decoded) -> int:
     return _KIND_REQUEST if isinstance(decoded.message, EchoRequest) else _KIND_REPLY
 
+
+
+# --- a flow of echo requests (probe/wire/flow.py's Shape) -------------------------------------
+
+
+class EchoFlow:
+    """Probe-echo requests of one shape and one session, for a call-like flow: each request
+    says how many the flow has sent, each reply how many the reflector received. The key of a
+    request is its sequence number. `counters` keeps the reply that had seen the most."""
+
+    def __init__(self, shape: Shape, key: bytes = PUBLIC_KEY, session: bytes | None = None,
+                 first_seq: int = 0) -> None:
+        self.shape = shape
+        self.key = key
+        self.session = session or new_session()
+        self.first_seq = first_seq  # a flow that continues a session numbers on from here
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.counters: EchoReply | None = None
+        self.replies: list[EchoReply] = []  # every reply, for a counters query
+
+    def size(self, wanted: int) -> int:
+        """The size a request of about `wanted` bytes has in this shape (a reflector answers
+        nothing smaller than min_request_size)."""
+        return _round_up(max(wanted, min_request_size(self.shape)), _granule(self.shape))
+
+    def request(self, seq: int, size: int) -> tuple[bytes, bytes]:
+        number = self.first_seq + seq
+        size = self.size(size)
+        self.sent_packets += 1
+        self.sent_bytes += size
+        data = encode_request(EchoRequest(self.session, number % 2**32, self.sent_packets,
+                                          self.sent_bytes % 2**32), self.shape, size, self.key)
+        return data, (number % 2**32).to_bytes(4, "big")
+
+    def answer(self, data: bytes) -> Answer | None:
+        try:
+            decoded = decode(data, (self.key,), replies=True)
+        except EchoCodecError:
+            return None
+        reply = decoded.message
+        if not isinstance(reply, EchoReply) or reply.session != self.session:
+            return None
+        self.replies.append(reply)
+        if self.counters is None or reply.received_packets >= self.counters.received_packets:
+            self.counters = reply
+        return Answer(reply.seq.to_bytes(4, "big"))
 
 # --- TCP frames ----------------------------------------------------------------------------
 

@@ -1,0 +1,115 @@
+"""The reflect layer: `reflect://HOST[:PORT]?shape=S`, a call-like flow to a `probe reflect`
+server (probe/reflect/) in one datagram shape, and what the reflector counted of it.
+
+Against third-party servers a probe can only infer; against a reflector of the research team's
+it measures: the same server and port answer STUN-shaped, RTP-shaped and random datagrams alike,
+so a difference between shapes is the censor's doing, and so is a difference between a call
+port and a control port (classify/calls.py reads them together). Each request carries what the
+flow has sent, each reply what the reflector has received (probe/wire/echo.py). When answers
+stop, a few requests of the same session on a fresh source port ask the reflector how many of
+the flow's requests reached it: all of them, and the silence is on the way back ("down"); about
+as many as were answered, and our packets stopped arriving ("up").
+
+The token (settings.reflector.token_file) tags every request, so a reflector run with one
+answers us and ignores strangers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from probe.catalog import Job
+from probe.failures import CUTOFF, classify_udp_error
+from probe.layers import Context, Layer
+from probe.layers.callflow import run_flow
+from probe.layers.dns import resolve
+from probe.layers.stun import FRESH, SLACK_S, flow_facts
+from probe.observations import ReflectFacts, Sample
+from probe.wire.echo import PUBLIC_KEY, EchoFlow, EchoReply, Shape
+from probe.wire.flow import CallPlan
+
+_KEY = "reflect.key"
+
+
+def key_of(ctx: Context) -> bytes:
+    """The tag key: the team's token when the catalog names one, else the public key."""
+    key = ctx.cache.get(_KEY)
+    if not isinstance(key, bytes):
+        reflector = ctx.settings.reflector
+        key = PUBLIC_KEY
+        if reflector is not None and reflector.token_file:
+            lines = Path(reflector.token_file).read_text(encoding="utf-8").split()
+            key = lines[0].encode() if lines else PUBLIC_KEY
+        ctx.cache[_KEY] = key
+    return key
+
+
+def plan_of(job: Job) -> CallPlan:
+    return job.call or CallPlan()
+
+
+def budget(job: Job) -> float:
+    plan = plan_of(job)
+    return job.timeout * 3 + plan.duration + plan.wait + FRESH.duration + FRESH.wait + SLACK_S
+
+
+async def measure(job: Job, ctx: Context) -> Sample:
+    sample = Sample()
+    address = await resolve(job, ctx, sample)
+    if address is None:
+        return sample
+    port = job.endpoint.port
+    assert port is not None, "the catalog gives reflect:// a default port"
+    shape = Shape(job.endpoint.query.get("shape", "stun"))
+    sample.add(await exchange(address, port, shape, plan_of(job), job.timeout, key_of(ctx),
+                              include_ip=ctx.include_ip))
+    return sample
+
+
+async def exchange(address: str, port: int, shape: Shape, plan: CallPlan, timeout: float,
+                   key: bytes, *, include_ip: bool = False) -> ReflectFacts:
+    start = time.perf_counter()
+    echo = EchoFlow(shape, key)
+    try:
+        run = await run_flow(address, port, plan, silence=timeout, shape=echo)
+    except OSError as exc:
+        failure, message = classify_udp_error(exc)
+        return ReflectFacts(ok=False, ms=round((time.perf_counter() - start) * 1000, 3),
+                            failure=failure, error=message, port=port, shape=shape.value)
+    facts = flow_facts(run, port, plan, timeout, call=True, include_ip=include_ip,
+                       took=time.perf_counter() - start, what=f"{shape.value} echo requests")
+    stats = run.stats
+    received = answered = None
+    if echo.counters is not None:
+        received, answered = echo.counters.received_packets, echo.counters.sent_packets + 1
+    direction = None
+    if stats.answered and stats.answered < stats.sent:
+        # Answers stopped or went missing: ask on a fresh source port, same session.
+        asked = EchoFlow(shape, key, session=echo.session, first_seq=stats.sent)
+        try:
+            await run_flow(address, port, FRESH, silence=min(timeout, FRESH.wait), shape=asked)
+        except OSError:
+            pass
+        counted = _main_flow_received(asked.replies, stats.sent)
+        if counted is not None:
+            received = counted
+            if facts["failure"] == CUTOFF:
+                # most of ours arrived: the answers were lost on the way back
+                direction = "down" if counted > (stats.answered + stats.sent) / 2 else "up"
+        if asked.replies:
+            facts.update(fresh_flow_sent=asked.sent_packets, fresh_flow_answered=len(
+                {r.seq for r in asked.replies}))
+    return ReflectFacts(**facts, shape=shape.value, reflector_received=received,
+                        reflector_answered=answered, direction=direction)
+
+
+def _main_flow_received(replies: list[EchoReply], sent: int) -> int | None:
+    """How many of the flow's `sent` requests reached the reflector, from the replies to the
+    counters query: each reply counts the query's requests up to it, so the most any reply
+    leaves for the flow is what the flow delivered (a lost query request only lowers it)."""
+    counts = [r.received_packets - (r.seq - sent + 1) for r in replies if r.seq >= sent]
+    return min(max(counts), sent) if counts else None
+
+
+LAYER = Layer(measure=measure, budget=budget, one_exchange=True)

@@ -1,0 +1,85 @@
+"""The probe side of `probe reflect`: flows of each shape to a real reflector on loopback, its
+counters read back, the run's `reflector` results; and the counters query's arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from probe import catalog
+from probe.layers.reflect import _main_flow_received
+from probe.observations import ReflectFacts
+from probe.reflect.server import Reflector, load_certificate
+from probe.results import Run, read_run
+from probe.runner import Runner
+from probe.wire.echo import EchoReply
+
+
+def test_flows_to_a_reflector_in_every_shape(tmp_path: Path) -> None:
+    token = tmp_path / "reflector.token"
+    token.write_text("a-token-of-the-research-team\n")
+
+    async def main() -> Run:
+        reflector = Reflector(["127.0.0.1"], [0, 0], [], keys=[b"a-token-of-the-research-team"],
+                              certificate=load_certificate(None, None))
+        async with reflector:
+            call, control = reflector.udp_bound
+            document = {"version": 1, "settings": {
+                "timeout": "1s", "attempts": 1,
+                "reflector": {"address": "127.0.0.1", "udp_ports": [call],
+                              "control_port": control, "duration": "1s",
+                              "shapes": ["stun", "whatsapp", "telegram", "rtp", "random"],
+                              "token_file": str(token)}},
+                "platforms": {"p": {"features": {"calls": [
+                    {"url": f"reflect://127.0.0.1:{call}?shape=rtp",
+                     "call": {"duration": "1s"}}]}}}}
+            runner = Runner(loaded=catalog.loads(json.dumps(document)))
+            await asyncio.wait_for(runner.run(), 30)
+            return runner.finish()
+
+    run = asyncio.run(main())
+    assert len(run.reflector) == 10  # 5 shapes x (a call port + the control port)
+    for flow in run.reflector:
+        assert (flow.status, flow.reason) == ("ok", "ok"), flow.detail
+        facts = flow.observation.samples[0].get(ReflectFacts)
+        assert facts is not None and facts.sent == 50 and facts.answered == 50
+        assert facts.reflector_received == 50  # the reflector's own count of the flow
+    [target] = run.targets  # a reflect:// target of a platform is judged like any call path
+    assert (target.status, target.reason) == ("ok", "ok") and "MOS" in target.detail
+    saved = tmp_path / "run.json"
+    saved.write_text(run.to_json())
+    assert read_run(saved).reflector == run.reflector
+
+
+def test_a_reflector_that_refuses_our_token_answers_nothing(tmp_path: Path) -> None:
+    token = tmp_path / "reflector.token"
+    token.write_text("not-the-team-token-at-all\n")
+
+    async def main() -> Run:
+        reflector = Reflector(["127.0.0.1"], [0], [], keys=[b"a-token-of-the-research-team"],
+                              certificate=load_certificate(None, None))
+        async with reflector:
+            [port] = reflector.udp_bound
+            document = {"version": 1, "settings": {"timeout": "1s", "attempts": 1},
+                        "platforms": {"p": {"features": {"f": [
+                            {"url": f"reflect://127.0.0.1:{port}?shape=random",
+                             "call": {"duration": "0.5s"}}]}}}}
+            runner = Runner(loaded=catalog.loads(json.dumps(document)))
+            await asyncio.wait_for(runner.run(), 30)
+            return runner.finish()
+
+    [target] = asyncio.run(main()).targets
+    assert target.reason == "udp.timeout"
+
+
+def reply(seq: int, received: int) -> EchoReply:
+    return EchoReply(b"s" * 8, seq, received, received * 100, 0, 0)
+
+
+def test_how_many_of_the_flow_reached_the_reflector() -> None:
+    # the flow sent 100; the query's requests are numbered from 100
+    assert _main_flow_received([reply(100, 101), reply(101, 102)], 100) == 100
+    assert _main_flow_received([reply(101, 15)], 100) == 13  # only the second reply came back
+    assert _main_flow_received([reply(100, 14), reply(102, 16)], 100) == 13
+    assert _main_flow_received([], 100) is None
