@@ -59,7 +59,7 @@ ERRORS = [
         HEAD + "        - stunn://stun.example:3478\n",
         ("probes.yaml:6:11: platforms.wa.features.chat[0]: unknown scheme 'stunn' (one of dns, "
          "tcp, "
-        "tls, https, quic, stun, turn)"),
+        "tls, https, quic, stun, turn, reflect)"),
     ),
     (  # port out of range
         HEAD + "        - tcp://h.example:65536\n",
