@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from probe import loop
 from probe.reflect.limits import Limits, Sources, Stats
 from probe.reflect.tcp import TcpSide
 from probe.reflect.udp import UdpCore, UdpPort
@@ -355,7 +356,7 @@ def main(listen: str, udp_ports: str, tcp_ports: str, token_file: Path | None, *
                              f"{r.certificate.spki_sha256()} (the fingerprint catalogs pin)\n")
 
     try:
-        signum = asyncio.run(serve(reflector, stats_every, ready))
+        signum = loop.run(serve(reflector, stats_every, ready))
     except OSError as exc:
         hint = " (ports below 1024: see 'Running a reflector' in the README)" \
             if exc.errno == errno.EACCES else ""
