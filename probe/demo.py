@@ -80,12 +80,22 @@ async def _start(world: World) -> None:
     await world.start()
 
 
-def main(fmt: str = "table", keep: Path | None = None) -> int:
-    """Run the demo; returns the exit code of the censored run."""
+# The baseline as the censored run's report names it when nothing is kept (no path to point at).
+UNKEPT_BASELINE = "the honest run just before (not kept: --keep DIR keeps both runs)"
+
+
+def main(fmt: str = "table", keep: Path | None = None, details: bool = False) -> int:
+    """Run the demo; returns its exit code: 0 when it ran (it shows censorship by design),
+    130 or 143 when SIGINT or SIGTERM stopped it (what was measured is still reported).
+
+    Progress goes to stderr, live while a run goes when stderr is a terminal. Without `keep`
+    everything lives in a temporary folder removed on exit, so no path to it is printed."""
     from probe import catalog
+    from probe.errors import EXIT_SIGNAL
     from probe.report import render_for_terminal
     from probe.session import run_once
 
+    say = sys.stderr.write
     t0 = time.perf_counter()
     world = World(scenario(), folder=keep)
     loop = new_loop()
@@ -100,6 +110,7 @@ def main(fmt: str = "table", keep: Path | None = None) -> int:
             ready.set()
             loop.run_forever()
 
+        say(f"probe demo: starting {len(WORLD)} mock servers on 127.0.0.1…\n")
         thread = threading.Thread(target=serve, name="probe-demo-world", daemon=True)
         thread.start()
         if not ready.wait(30):
@@ -107,28 +118,40 @@ def main(fmt: str = "table", keep: Path | None = None) -> int:
         path = world.folder / "demo-catalog.yaml"
         path.write_text(world.catalog_yaml(), encoding="utf-8")
         loaded = catalog.load(path)
-        say = sys.stderr.write
-        say(f"probe demo: {len(world.servers)} mock servers on 127.0.0.1; "
-            f"catalog {path}\n")
-        say("probe demo: 1/2 recording a baseline with every server honest…\n")
-        baseline = run_once(loaded, output=Output(world.folder / "baseline.json", "json"),
-                            quiet=True).run
+        targets = len(list(loaded.jobs()))
+
+        def output(name: str) -> Output | None:
+            return Output(world.folder / name, "json") if keep else None
+
+        say(f"probe demo: 1/2 every server honest: recording a baseline of {targets} "
+            f"targets…\n")
+        first = run_once(loaded, output=output("baseline.json"))
+        if first.signum:
+            say("probe demo: interrupted while recording the baseline\n")
+            return EXIT_SIGNAL.get(first.signum, 130)
+        baseline = first.run
 
         async def switch() -> None:
             censor(world)
 
         asyncio.run_coroutine_threadsafe(switch(), loop).result(10)
         say("probe demo: 2/2 the same world, censored (SNI reset, silent UDP, throttling, "
-            "a stall, a lying resolver, a block page, QUIC dropped)…\n\n")
-        result = run_once(loaded, baseline=baseline,
-                          baseline_path=str(world.folder / "baseline.json"),
-                          output=Output(world.folder / "censored.json", "json"), quiet=True).run
-        sys.stdout.write(render_for_terminal(result, fmt, baseline))
-        say(f"\nprobe demo: done in {time.perf_counter() - t0:.1f} s. "
-            "Baseline and censored runs: "
-            f"{world.folder if keep else 'pass --keep DIR to keep them'}\n")
+            "a stall, a lying resolver, a block page, QUIC dropped)…\n")
+        second = run_once(loaded, baseline=baseline,
+                          baseline_path=str(world.folder / "baseline.json") if keep
+                          else UNKEPT_BASELINE, output=output("censored.json"))
+        kept = (f"catalog, baseline and censored runs kept in {world.folder}" if keep
+                else "pass --keep DIR to keep the catalog and both runs")
+        say(f"probe demo: done in {time.perf_counter() - t0:.1f} s; {kept}\n\n")
+        sys.stdout.write(render_for_terminal(second.run, fmt, baseline, details=details))
+        sys.stdout.flush()
+        if second.signum:
+            return EXIT_SIGNAL.get(second.signum, 130)
         # The demo worked when it showed the censorship; its exit code says the demo ran.
         return 0
+    except KeyboardInterrupt:  # Ctrl-C while the world starts, outside a run's own handler
+        say("probe demo: interrupted\n")
+        return EXIT_SIGNAL[2]
     finally:
         async def shutdown() -> None:
             await world.stop()
