@@ -168,7 +168,7 @@ def table(before: Run, after: Run, width: int | None = None, color: bool | None 
                       color_system="standard" if color else None, highlight=False)
     document = to_document(before, after)
     figures = width >= NARROW
-    columns = [Column("target", 2, 0.3, urls=True), Column("before", 0), Column("after", 0),
+    columns = [Column("target", 2, 30, urls=True), Column("before", 0), Column("after", 0),
                Column("change", 0)]
     if figures:
         columns += [Column("RTT ms", 0), Column("throughput bit/s", 0), Column("loss", 0)]

@@ -237,7 +237,7 @@ def layout_for(width: int) -> Layout:
 class Column:
     header: str
     weight: int  # a share of the room left; 0: a short column, at its natural width if it fits
-    comfort: float = 0.0  # the part of the room it gets before the short columns widen
+    comfort: int = 0  # the width it gets (if it needs it) before the short columns widen
     urls: bool = False  # its lines break after URL punctuation rather than anywhere
 
 
@@ -354,8 +354,8 @@ def grid_of(columns: Sequence[Column], rows: Sequence[Sequence[Text]], width: in
         least = _two_lines if column.weight == 0 else _longest_word
         floor.append(max(min(least(c), cap) for c in [*cells, header] if c.plain)
                      if column.weight else max(_longest_word(header), *map(least, cells)))
-    widths = fit(natural, floor, [c.weight for c in columns],
-                 [int(c.comfort * room) for c in columns], room)
+    widths = fit(natural, floor, [c.weight for c in columns], [c.comfort for c in columns],
+                 room)
     grid = Table(show_header=True, header_style="bold", expand=False, pad_edge=False)
     for column, w in zip(columns, widths, strict=True):
         grid.add_column(column.header, width=max(w, 1), overflow="fold")
@@ -406,8 +406,8 @@ def _cells(layout: Layout, group: str, show_group: bool, t: TargetResult,
 
 
 def _columns(layout: Layout, beside: bool) -> list[Column]:
-    columns = [Column("platform / feature", 1, 0.15), Column("target", 2, 0.2, urls=True)] \
-        if layout.group else [Column("target", 2, 0.25, urls=True)]
+    columns = [Column("platform / feature", 1, 20), Column("target", 2, 28, urls=True)] \
+        if layout.group else [Column("target", 2, 22, urls=True)]
     columns.append(Column("verdict", 0))
     if layout.baseline and beside:
         columns.append(Column("baseline", 0))
@@ -415,7 +415,7 @@ def _columns(layout: Layout, beside: bool) -> list[Column]:
         columns.append(Column("RTT", 0))
     if layout.flow:
         columns.append(Column("rate / loss", 0))
-    columns.append(Column("detail", 4, 0.45))
+    columns.append(Column("detail", 4, 40))
     return columns
 
 
