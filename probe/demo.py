@@ -81,7 +81,7 @@ async def _start(world: World) -> None:
 
 
 # The baseline as the censored run's report names it when nothing is kept (no path to point at).
-UNKEPT_BASELINE = "the honest run just before (not kept: --keep DIR keeps both runs)"
+UNKEPT_BASELINE = "the honest run just before, not kept (--keep DIR keeps both runs)"
 
 
 def main(fmt: str = "table", keep: Path | None = None, details: bool = False) -> int:
