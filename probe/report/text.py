@@ -99,14 +99,15 @@ def interrupted_line(run: Run) -> str:
             f"interrupted); the lines below count only what finished")
 
 
-def closing(run: Run, baseline: Run | None) -> list[Text]:
+def closing(run: Run, baseline: Run | None, pairs: bool = False) -> list[Text]:
     """The lines that end every report, in reading order: an interruption, the baseline, the
     network, then a line per platform; when the network is down, the one sentence last."""
     lines: list[Text] = []
     if run.interrupted:
         lines.append(Text(interrupted_line(run), style="yellow"))
     if baseline is not None:
-        lines.append(Text(f"Baseline: {run.baseline or baseline.started_at}"))
+        lines.append(Text(f"Baseline: {run.baseline or baseline.started_at}"
+                          + ("; RTT and rate / loss columns: now | baseline" if pairs else "")))
     blind = run.network.reason in BLIND
     platforms = [Text(f"{MARK.get(p.status, '')} {summary_line(p)}", style=STYLE.get(p.status, ""))
                  for p in run.platforms if not (blind and p.reason == run.network.reason)]
@@ -434,8 +435,8 @@ def table(run: Run, baseline: Run | None = None, width: int = 160,
     console = _console(out, width, color)
     blind = run.network.reason in BLIND
     rows, notes = _listed(_rows(run, baseline), details, blind)
+    layout = layout_for(width)
     if rows:
-        layout = layout_for(width)
         judged_against = run.baseline is not None  # its details compare with a baseline
         cells, last = [], None
         for group, t, then in rows:
@@ -445,7 +446,7 @@ def table(run: Run, baseline: Run | None = None, width: int = 160,
         console.print(grid_of(_columns(layout, baseline is not None), cells, width))
     for note in notes:
         console.print(Text(note, style="dim"))
-    for line in closing(run, baseline):
+    for line in closing(run, baseline, pairs=bool(rows) and layout.rtt):
         console.print(line)
     return out.getvalue()
 

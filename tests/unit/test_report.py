@@ -258,6 +258,10 @@ def test_table_beside_a_baseline(saved: tuple[Path, Path]) -> None:
     assert "130 kbit/s | 20.0 Mbit/s" in text
     assert "100% loss | 0% loss" in text
     assert "45 ms | 45 ms" in text
+    assert ("Baseline: 2026-01-01T00:00:00Z; RTT and rate / loss columns: now | baseline"
+            in text.splitlines())
+    narrow = table(now, base, width=80, color=False)  # no such columns: no such note
+    assert "Baseline: 2026-01-01T00:00:00Z" in narrow.splitlines()
 
 
 def test_one_baseline_figure_per_row(saved: tuple[Path, Path]) -> None:
