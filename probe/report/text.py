@@ -447,7 +447,7 @@ def table(run: Run, baseline: Run | None = None, width: int = 160,
     for note in notes:
         console.print(Text(note, style="dim"))
     for line in closing(run, baseline, pairs=bool(rows) and layout.rtt):
-        console.print(line)
+        console.print(line, soft_wrap=not color)  # a file or a pipe: a line per platform
     return out.getvalue()
 
 
@@ -459,7 +459,7 @@ def summary(run: Run, baseline: Run | None = None, width: int = 160,
     out = io.StringIO()
     console = _console(out, width, color)
     for line in closing(run, baseline):
-        console.print(line)
+        console.print(line, soft_wrap=not color)  # a file or a pipe: a line per platform
     return out.getvalue()
 
 
