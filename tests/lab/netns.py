@@ -156,7 +156,7 @@ class Censor:
         self._queues: list[Queue] = []
 
     def apply(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
-              throttle: Sequence[tuple[str, str]] = ()) -> None:
+              throttle: Sequence[tuple[str, str]] = (), extra: Sequence[str] = ()) -> None:
         """Install rules on the forward path.
 
         nft: rules of the forward chain, e.g. `ip daddr 10.199.2.3 drop`.
@@ -164,10 +164,13 @@ class Censor:
         throttle: (nft match, rate) pairs; packets toward the client matching one go through an
         htb class of their own at that rate, with a tbf below it dropping what overflows its
         queue, as a throttling DPI box does; e.g. ("ip saddr 10.199.2.2 tcp sport 8443", "128kbit").
+        extra: more of the lab's table, as nft text: sets, and chains on other hooks or
+        priorities (see `nft_chain`), e.g. an input chain reaching the ISP resolver, which
+        listens on the censor itself, or a nat chain redirecting to a captive portal.
         """
         chains = ["  chain censor {",
                   "    type filter hook forward priority filter; policy accept;",
-                  *(f"    {rule}" for rule in nft), "  }"]
+                  *(f"    {rule}" for rule in nft), "  }", *extra]
         if throttle:
             classes = self._shaper([rate for _, rate in throttle])
             chains += ["  chain shape {",
@@ -228,6 +231,14 @@ class Censor:
         nft = sh(["nft", "list", "ruleset"], ns=self.ns, check=False).stdout
         ipt = sh(["iptables", "-S", "FORWARD"], ns=self.ns, check=False).stdout
         return nft + ipt
+
+
+def nft_chain(name: str, hook: str, rules: Sequence[str], *, kind: str = "filter",
+              priority: str = "filter") -> str:
+    """A base chain of the lab's table as nft text, for `Censor.apply(extra=...)`."""
+    return "\n".join([f"  chain {name} {{",
+                      f"    type {kind} hook {hook} priority {priority}; policy accept;",
+                      *(f"    {rule}" for rule in rules), "  }"])
 
 
 class Servers:
@@ -383,18 +394,39 @@ class ProbeRun:
 def run_probe(topology: Topology, catalog: Path, *, baseline: Path | None = None,
               output: Path | None = None, timeout: float = 180.0) -> ProbeRun:
     """`probe run -c catalog -f json [-b baseline]` inside the client namespace."""
-    argv = [sys.executable, "-m", "probe", "run", "-c", str(catalog), "-f", "json"]
-    if baseline is not None:
-        argv += ["-b", str(baseline)]
-    start = time.monotonic()
-    done = subprocess.run(["ip", "netns", "exec", topology.client, *argv], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=_env(), check=False)
-    seconds = time.monotonic() - start
-    try:
-        result = json.loads(done.stdout)
-    except ValueError:
-        raise LabError(f"probe run printed no JSON (exit {done.returncode}):\n"
-                       f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}") from None
-    if output is not None:
-        output.write_text(done.stdout)
-    return ProbeRun(code=done.returncode, result=result, stderr=done.stderr, seconds=seconds)
+    return RunningProbe(topology, catalog, baseline=baseline).wait(output=output,
+                                                                   timeout=timeout)
+
+
+class RunningProbe:
+    """`probe run` started in the client namespace and not yet finished: for a scenario that
+    changes the censor's rules while the probe runs (an outage at the start of the run)."""
+
+    def __init__(self, topology: Topology, catalog: Path, *,
+                 baseline: Path | None = None) -> None:
+        argv = [sys.executable, "-m", "probe", "run", "-c", str(catalog), "-f", "json"]
+        if baseline is not None:
+            argv += ["-b", str(baseline)]
+        self.start = time.monotonic()
+        self._proc = subprocess.Popen(["ip", "netns", "exec", topology.client, *argv],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      cwd=REPO, env=_env())
+
+    def wait(self, *, output: Path | None = None, timeout: float = 180.0) -> ProbeRun:
+        """The finished run (killed after `timeout` seconds)."""
+        try:
+            stdout, stderr = self._proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            raise
+        seconds = time.monotonic() - self.start
+        code = self._proc.returncode
+        try:
+            result = json.loads(stdout)
+        except ValueError:
+            raise LabError(f"probe run printed no JSON (exit {code}):\n"
+                           f"{stdout[-2000:]}\n{stderr[-4000:]}") from None
+        if output is not None:
+            output.write_text(stdout)
+        return ProbeRun(code=code, result=result, stderr=stderr, seconds=seconds)

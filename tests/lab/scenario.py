@@ -40,6 +40,12 @@ def target(name: str, url: str, *, feature: str | None = None, **options: Any) -
     return {"name": name, "url": url, "feature": feature or name, **options}
 
 
+def control(name: str, url: str, **options: Any) -> dict[str, Any]:
+    """A control of the catalog, beside the lab's TCP one (a generic STUN control, a QUIC one,
+    named HTTPS ones a portal answers for); listed with the targets, looked up by `name`."""
+    return {"name": name, "url": url, "control": True, **options}
+
+
 @dataclass
 class Lab:
     """The running lab of one test module."""
@@ -52,6 +58,7 @@ class Lab:
     baseline: ProbeRun | None = None
     _servers: list[Servers] = field(default_factory=list)
     _behaviours: dict[str, str] = field(default_factory=dict)  # each server's own behaviour
+    _runs: int = 0  # runs made against the baseline, for their files' names
 
     def __post_init__(self) -> None:
         self.censor = Censor(self.topology)
@@ -75,14 +82,14 @@ class Lab:
         self._behaviours.update({entry["id"]: entry["behaviour"] for entry in spec})
         if records is None:
             return
-        resolver = Servers(
+        isp = Servers(
             self.topology.censor,
             {"ca_file": None, "servers": [
                 server("resolver", "dns", host=CENSOR_CLIENT_SIDE, port=53,
                        **{"records": records, **(resolver or {})})]},
             self.folder / "serve-censor.log")
-        self._servers.append(resolver)
-        self.ports.update(resolver.start())
+        self._servers.append(isp)
+        self.ports.update(isp.start())
         self._behaviours["resolver"] = "ok"
 
     def set_behaviour(self, server_id: str, behaviour: str) -> None:
@@ -97,9 +104,13 @@ class Lab:
                       **settings: Any) -> Path:
         """The catalog (JSON is YAML) with the lab's resolver, DoH, CA and short timeouts."""
         features: dict[str, list[dict[str, Any]]] = {}
+        controls: list[dict[str, Any]] = []
         for t in targets:
-            entry = {k: v for k, v in t.items() if k != "feature"}
-            features.setdefault(t["feature"], []).append(entry)
+            entry = {k: v for k, v in t.items() if k not in ("feature", "control")}
+            if t.get("control"):
+                controls.append(entry)
+            else:
+                features.setdefault(t["feature"], []).append(entry)
         lab_settings: dict[str, Any] = {"timeout": "1s", "attempts": 3,
                                         "ca_file": str(self.ca_file), "control_sni": CONTROL_SNI}
         if "resolver" in self.ports:
@@ -109,7 +120,7 @@ class Lab:
             "version": 1,
             "settings": {**lab_settings, **settings},
             "controls": [{"url": f"tcp://{CONTROL_IP}:{self.ports['control']}",
-                          "name": "control"}],
+                          "name": "control"}, *controls],
             "platforms": {platform: {"name": "Lab", "features": features}},
         }
         self.catalog = self.folder / "probes.yaml"
@@ -124,22 +135,30 @@ class Lab:
         return self.baseline
 
     def run(self, *, nft: Sequence[str] = (), iptables: Sequence[Sequence[str]] = (),
-            throttle: Sequence[tuple[str, str]] = (),
+            throttle: Sequence[tuple[str, str]] = (), extra: Sequence[str] = (),
             behaviours: dict[str, str] | None = None) -> ProbeRun:
         """A run against the baseline with the given censor rules in force and servers switched
-        to `behaviours` (id -> behaviour, e.g. the ISP resolver lying); all undone after."""
+        to `behaviours` (id -> behaviour, e.g. the ISP resolver lying); all undone after.
+        `extra`: more nft text for the censor's table (Censor.apply)."""
         assert self.catalog is not None and self.baseline is not None
         try:
             for server_id, behaviour in (behaviours or {}).items():
                 self.set_behaviour(server_id, behaviour)
-            self.censor.apply(nft=nft, iptables=iptables, throttle=throttle)
+            self.censor.apply(nft=nft, iptables=iptables, throttle=throttle, extra=extra)
             self.rules = self.censor.listing() + "".join(
                 f"server {k}: {v}\n" for k, v in (behaviours or {}).items())
-            return run_probe(self.topology, self.catalog, baseline=self.baseline_file)
+            return run_probe(self.topology, self.catalog, baseline=self.baseline_file,
+                             output=self.next_output())
         finally:
             self.censor.clear()
             for server_id in behaviours or {}:
                 self.set_behaviour(server_id, self._behaviours[server_id])
+
+    def next_output(self) -> Path:
+        """Where the next run's JSON is kept (run-1.json, run-2.json... beside the baseline),
+        to read after a failure."""
+        self._runs += 1
+        return self.folder / f"run-{self._runs}.json"
 
     def close(self) -> None:
         for servers in reversed(self._servers):
