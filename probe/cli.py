@@ -60,7 +60,7 @@ DbOpt = Annotated[Optional[Path], typer.Option(
 EveryOpt = Annotated[Optional[str], typer.Option(
     "--every", help="Time between run starts: 30s, 5m, 1h.")]
 FormatOpt = Annotated[str, typer.Option(
-    "--format", "-f", help="table | json | jsonl | csv | markdown")]
+    "--format", "-f", help="table | summary | json | jsonl | csv | markdown")]
 BaselineOpt = Annotated[Optional[Path], typer.Option(
     "--baseline", "-b", help="A saved run to compare against.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
@@ -254,7 +254,7 @@ def run(
         raise typer.Exit(run_repeated(
             loaded, repeat=repeat, every=every or "5m", db=db, fmt=fmt, fail_on=fail_on,
             base=base, baseline_path=str(baseline) if baseline else None, only=only_ids,
-            include_ip=include_ip))
+            include_ip=include_ip, details=details))
     plan = session.plan_output(output, fmt, force) if output is not None else None
     outcome = session.run_once(
         loaded, only=only_ids, baseline=base, baseline_path=str(baseline) if baseline else None,
@@ -291,7 +291,7 @@ def report(
     for path, run_ in saved:
         if base is not None:
             run_ = classify.rejudge(run_, base, baseline_path=str(baseline))
-        if len(saved) > 1 and fmt in ("table", "markdown"):
+        if len(saved) > 1 and fmt in ("table", "summary", "markdown"):
             sys.stdout.write(f"{'# ' if fmt == 'markdown' else '== '}{path}\n\n")
         sys.stdout.write(render_for_terminal(run_, fmt, base, details=details))
 
@@ -397,7 +397,7 @@ def mock(
 def run_repeated(
     loaded: LoadedCatalog, *, repeat: int | None, every: str, db: Path | None, fmt: str,
     fail_on: str, base: Run | None, baseline_path: str | None, only: set[str] | None,
-    include_ip: bool, watching: bool = False,
+    include_ip: bool, watching: bool = False, details: bool = False,
 ) -> int:
     """Runs every interval, each appended to the history: `run --repeat N` renders each run,
     `watch` prints a line per run and what changed since the one before."""
@@ -413,7 +413,7 @@ def run_repeated(
             lines += [f"  {line}" for line in schedule.changes(result, previous)]
             sys.stdout.write("\n".join(lines) + "\n")
         else:
-            sys.stdout.write(render_for_terminal(result, fmt, base))
+            sys.stdout.write(render_for_terminal(result, fmt, base, details=details))
             sys.stderr.write(f"probe: {schedule.summary(result, run_id)}\n")
         sys.stdout.flush()
 

@@ -24,26 +24,30 @@ def _e(kind: str, name: str, platform: str | None, feature: str | None, **kw: ob
     return Endpoint(kind=kind, name=name, platform=platform, feature=feature, **kw)  # type: ignore[arg-type]
 
 
+# The demo's calls: call-like flows of 2 s (enough to cross a 25-packet freeze) keep it short.
+CALL = {"call": {"duration": "2s"}}
+
 # (endpoint, behaviour once censored); None keeps it honest. "sni:B" gives behaviour B to
 # ClientHellos naming the endpoint only, so another SNI to the same server still works.
 WORLD: list[tuple[Endpoint, str | None]] = [
     (_e("dns", "resolver.demo.test", None, None), None),
     (_e("doh", "doh.demo.test", None, None), None),
     (_e("https", "control.demo.test", None, None, control=True), None),
-    # Chatter: text works, calls are cut (silent UDP), media is throttled.
+    # Chatter: text works, calls connect and then freeze (after 25 packets), media is throttled.
     (_e("tcp", "chat.chatter.test", "chatter", "messaging"), None),
     (_e("https", "media.chatter.test", "chatter", "media", path="/1mib",
         options={"rate": 256_000}), "throttle"),
-    (_e("stun", "stun.chatter.test", "chatter", "calls"), "silent"),
+    (_e("stun", "stun.chatter.test", "chatter", "calls", target=CALL), "freeze"),
     (_e("https", "web.chatter.test", "chatter", "web"), None),
-    # Telegrab: its name is reset by SNI; its media freezes after 16 KB; calls lossy.
+    # Telegrab: its name is reset by SNI; its media freezes after 16 KB; calls gurgle (15 %
+    # loss each way, up to 80 ms of jitter).
     (_e("tls", "dc.telegrab.test", "telegrab", "messaging"), "sni:reset_after_hello"),
     (_e("https", "cdn.telegrab.test", "telegrab", "media", path="/1mib"), "stall"),
-    (_e("stun", "relay.telegrab.test", "telegrab", "calls", options={"loss": 0.5, "seed": 7},
-        target={"attempts": 20}), "lossy"),
+    (_e("stun", "relay.telegrab.test", "telegrab", "calls", options={"seed": 7},
+        target=CALL), "gurgle"),
     # Signum: the resolver lies about its web name; the rest works.
     (_e("https", "www.signum.test", "signum", "web"), None),
-    (_e("turn", "turn.signum.test", "signum", "calls"), None),
+    (_e("turn", "turn.signum.test", "signum", "calls", target=CALL), None),
     (_e("quic", "chat.signum.test", "signum", "messaging"), None),
     # Voxa: a block page on the web, QUIC cut while TLS works.
     (_e("https", "www.voxa.test", "voxa", "web"), "forbidden"),

@@ -71,10 +71,14 @@ def layer_rtt(facts: Facts) -> float | None:
 
 
 def sample_rtt(sample: Sample) -> float | None:
-    """The RTT of one sample, from its best working layer (RTT_LAYERS order)."""
+    """The RTT of one sample, from its best working layer (RTT_LAYERS order). A resolver's
+    answer counts only for a target that is a name alone (dns://): for any other, it says how
+    far the resolver is, not the target, which may never have answered."""
     for model in RTT_LAYERS:
         facts = sample.get(model)
         if facts is not None and facts.ok:
+            if isinstance(facts, DnsFacts) and len(sample.phases) > 1:
+                return None
             return layer_rtt(facts)
     return None
 

@@ -19,9 +19,17 @@ def _commonest(reasons: Iterable[str]) -> str:
 
 
 def combine(statuses: Sequence[tuple[Status, str]], need: str = "all") -> tuple[Status, str]:
-    """Fold targets' (status, reason) into a feature's, or features' into a platform's."""
+    """Fold targets' (status, reason) into a feature's, or features' into a platform's.
+
+    A member not measured (the run was interrupted) leaves a `need: all` group inconclusive
+    unless something is blocked already: an interrupted run is not an ok one."""
     if not statuses:
         return "inconclusive", "target.untestable"
+    kinds_all = {s for s, _ in statuses}
+    interrupted = any(r == "target.interrupted" for _, r in statuses)
+    if interrupted and need == "all" and "blocked" not in kinds_all:
+        # not measured whole: what was measured cannot vouch for the rest
+        return "inconclusive", "target.interrupted"
     judged = [(s, r) for s, r in statuses if s != "inconclusive"]
     if not judged:
         return "inconclusive", _commonest(r for _, r in statuses)
