@@ -76,7 +76,7 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
             break  # no network: another failure would change no verdict, only cost a timeout
         # A layer whose `attempts` are requests of one exchange (stun) runs it once, unless
         # the name did not resolve: one lost lookup is one failed sample, not a silent target.
-        if layer.one_exchange and not _failed_at_dns(sample):
+        if layer.one_exchange(job) and not _failed_at_dns(sample):
             break
     steps: list[Facts] = []
     if not any(s.ok for s in observation.samples) and not ctx.network.down:
@@ -108,8 +108,9 @@ async def _dns_fallback(layer: Layer, job: Job, ctx: Context, observation: Obser
     """Every sample failed at DNS and a baseline resolved the name: one sample at that address
     (as `address:` would), so that a name blocked by DNS is told from an unreachable service."""
     known = ctx.known_addresses.get(job.endpoint.host)
-    if not known or job.target.address or not all(_failed_at_dns(s) for s in observation.samples):
-        return []
+    if (not known or job.target.address or job.endpoint.scheme == "dns"
+            or not all(_failed_at_dns(s) for s in observation.samples)):
+        return []  # (a dns:// target is the name itself: no address can stand for it)
     at = dataclasses.replace(job, target=job.target.model_copy(update={"address": known[0]}))
     sample = await _sample(layer, at, ctx, budget)
     failed = sample.failed

@@ -112,7 +112,7 @@ class _Udp:
 
 def _other_udp(udp: _Udp) -> str:
     said = [w for w, yes in (("QUIC", udp.quic), ("DNS over UDP", udp.dns)) if yes]
-    return " and ".join(said)
+    return " and ".join(said) + (" are" if len(said) > 1 else " is")
 
 
 def diagnose(controls: Sequence[TargetResult], targets: Sequence[TargetResult],
@@ -239,9 +239,11 @@ def _cut_words(flow: TargetResult, port: int) -> str:
 
 def _diagnosed(t: TargetResult, udp: _Udp, targets: Iterable[TargetResult]) -> TargetResult:
     controls = ", ".join(c.url for c in udp.stun_controls)
-    if udp.stun_controls and not udp.stun_anywhere and (udp.quic or udp.dns):
+    # DNS to the network's own resolver proves nothing about UDP leaving the network: other UDP
+    # answered means QUIC to a host abroad (DNS over UDP is named too when it passes).
+    if udp.stun_controls and not udp.stun_anywhere and udp.quic:
         words = (f"every STUN packet is dropped, whatever the server: the generic STUN "
-                 f"controls ({controls}) are silent too, while {_other_udp(udp)} is answered: "
+                 f"controls ({controls}) are silent too, while {_other_udp(udp)} answered: "
                  f"the protocol is classified (VoIP blocking), not the addresses")
         return t.model_copy(update={"reason": "udp.stun_filtered",
                                     "detail": join(words, t.detail)})

@@ -127,17 +127,24 @@ def in_light_of(network: NetworkResult, target: TargetResult) -> TargetResult:
 
 
 def _in_the_outage(network: NetworkResult, target: TargetResult) -> TargetResult:
-    """A target whose failed samples all fell in the outage at the start of the run (its
-    others worked) says so: the network's failure, not a censor's."""
+    """A target whose failed samples all fell in the outage at the start of the run says so:
+    the network's failure, not a censor's. Degraded when its other samples worked; when it was
+    measured only in the outage (a run with no network stops repeating failing samples, and
+    the outage ended after), `inconclusive network.down`: nothing to blame on a censor."""
     until = network.outage_until_ms
     samples = target.observation.samples
-    if until is None or target.status == "ok" or not any(s.ok for s in samples):
+    if until is None or target.status == "ok" or not samples:
         return target
     failed = [s.at_ms for s in samples if not s.ok]
-    if any(at is None or at >= until for at in failed):
+    if not failed or any(at is None or at >= until for at in failed):
         return target
-    note = (f"the failed samples fell in the network-wide outage at the start of the run "
-            f"(every control failed then too): the network's, not a censor's")
+    if not any(s.ok for s in samples):
+        detail = (f"{target.reason}: measured only in the network-wide outage at the start of "
+                  f"the run (every control failed then too); {target.detail}")
+        return target.model_copy(update={"status": "inconclusive", "reason": "network.down",
+                                         "detail": detail})
+    note = ("the failed samples fell in the network-wide outage at the start of the run "
+            "(every control failed then too): the network's, not a censor's")
     return target.model_copy(update={"detail": f"{target.detail}; {note}"})
 
 

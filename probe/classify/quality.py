@@ -132,6 +132,10 @@ def _throughput(s: Subject, obs: Observation, base: TargetResult | None,
     return [Finding(text, "degraded", "http.throttled")]
 
 
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
 def _latency(s: Subject, obs: Observation, base: TargetResult | None,
              th: Thresholds) -> list[Finding]:
     rtt = observation_metrics(obs).rtt_ms
@@ -140,7 +144,9 @@ def _latency(s: Subject, obs: Observation, base: TargetResult | None,
     before = observation_metrics(base.observation).rtt_ms if base is not None else None
     if rtt_rose(rtt, before, th):
         assert before is not None
-        text = f"RTT median {rtt:.0f} ms, {rtt / before:.1f}x the baseline's {before:.0f} ms"
+        text = (f"RTT median {_ms(rtt)} ms, {rtt / before:.0f}x the baseline's {_ms(before)} "
+                f"ms" if before >= 1 else
+                f"RTT median {_ms(rtt)} ms, the baseline's under 1 ms")
     elif "max_rtt_ms" in s.expect and rtt > s.expect["max_rtt_ms"]:
         text = f"RTT median {rtt:.0f} ms, above expect.max_rtt {s.expect['max_rtt_ms']:.0f} ms"
     elif before is None and "max_rtt_ms" not in s.expect and rtt > th.max_rtt_ms:

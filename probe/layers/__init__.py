@@ -34,7 +34,8 @@ class Layer:
     measure: Measure
     budget: Callable[[Job], float]  # seconds one sample may take (the engine's safety net)
     diagnose: Diagnose | None = None  # steps after every sample failed, keyed by their KEY
-    one_exchange: bool = False  # the `attempts` are requests of one exchange (stun, turn)
+    # whether a job's `attempts` are requests of one exchange (stun), not separate samples
+    one_exchange: Callable[[Job], bool] = lambda job: False
 
 
 # scheme -> module under probe.layers that exports LAYER

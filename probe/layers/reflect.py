@@ -112,4 +112,4 @@ def _main_flow_received(replies: list[EchoReply], sent: int) -> int | None:
     return min(max(counts), sent) if counts else None
 
 
-LAYER = Layer(measure=measure, budget=budget, one_exchange=True)
+LAYER = Layer(measure=measure, budget=budget, one_exchange=lambda job: True)

@@ -197,4 +197,5 @@ def budget(job: Job) -> float:
     return 3 * job.timeout + flow + SLACK_S
 
 
-LAYER = Layer(measure=measure, budget=budget)
+# A `calls` target's Allocate and call-like flow are one exchange: one flow, not one a sample.
+LAYER = Layer(measure=measure, budget=budget, one_exchange=lambda job: job.call is not None)

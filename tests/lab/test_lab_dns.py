@@ -45,8 +45,12 @@ def lab(make_lab: MakeLab) -> Lab:
     return make_lab(servers, targets, records=truth, resolver=resolver)
 
 
-def _all_named(reason: str) -> dict[str, tuple[str, str]]:
-    return {name: ("blocked", reason) for name in NAMED}
+def _all_named(reason: str, fallback: bool = False) -> dict[str, tuple[str, str]]:
+    """Every named target blocked with `reason`; with `fallback` (every lookup failed, so the
+    baseline's address was tried, and works), a target that is more than its name reads
+    degraded: only the name is blocked."""
+    return {name: ("degraded" if fallback and name != "name" else "blocked", reason)
+            for name in NAMED}
 
 
 def test_baseline_without_rules_is_clean(lab: Lab) -> None:
@@ -64,7 +68,8 @@ def test_resolver_answer_differing_from_doh_with_valid_certificate_is_ok(lab: La
 
 def test_resolver_nxdomain_is_dns_nxdomain(lab: Lab) -> None:
     run = lab.run(behaviours={"resolver": "nxdomain"})
-    expect(lab, run, _all_named("dns.nxdomain"))
+    expect(lab, run, _all_named("dns.nxdomain", fallback=True))
+    assert "only the name is blocked" in run.target("site")["detail"]
 
 
 def test_resolver_sinkhole_is_dns_bogon(lab: Lab) -> None:
@@ -86,4 +91,4 @@ def test_injected_answer_racing_the_genuine_one_is_dns_bogon(lab: Lab) -> None:
 
 def test_resolver_silent_is_dns_timeout(lab: Lab) -> None:
     run = lab.run(behaviours={"resolver": "silent"})
-    expect(lab, run, _all_named("dns.timeout"))
+    expect(lab, run, _all_named("dns.timeout", fallback=True))

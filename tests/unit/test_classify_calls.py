@@ -105,12 +105,16 @@ def test_without_other_udp_answered_it_is_not_called_classification() -> None:
     assert target.reason == "udp.timeout"
 
 
-def test_dns_over_udp_is_other_udp_too() -> None:
+def test_dns_to_the_networks_own_resolver_is_no_udp_leaving_it() -> None:
+    """DNS over UDP answered by the ISP's resolver says nothing of UDP abroad: with no QUIC
+    answered, every UDP path is dead, not STUN classified."""
     answered = obs(sample(dns=DNS_UDP, tcp=ph(address="198.51.100.9", port=443)))
     [target, _] = run_level([(CONTROL, stun_train(0))],
                             [(STUN, "calls", SILENT), ("tcp://x.example.org:443", "chat",
                                                        answered)])
-    assert target.reason == "udp.stun_filtered"
+    assert target.reason == "udp.timeout"
+    assert "UDP is blocked on this network" in target.detail
+    assert "DNS over UDP still passes" in target.detail
 
 
 def test_targeted_when_the_generic_control_answers_and_tcp_to_the_same_address_works() -> None:

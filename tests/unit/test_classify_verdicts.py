@@ -145,6 +145,21 @@ def test_failures_in_an_outage_at_the_start_are_the_networks() -> None:
     assert after.status == "degraded" and "the network's, not a censor's" in after.detail
 
 
+def test_a_target_measured_only_in_the_outage_is_never_blocked() -> None:
+    down_then_up = [sample(tcp=tcp(False, "timeout")), https_ok("example.com")]
+    for s, at in zip(down_then_up, (0.0, 5100.0), strict=True):
+        s.at_ms = at
+    network = classify.judge_network([control("https://example.com/", *down_then_up)])
+    only_then = judge_subject(Subject("app", "calls", "stun://stun.example.org:3478"),
+                              obs(sample(dns=ph(ok=False, ms=2000.0, failure="timeout",
+                                                name="stun.example.org"))))
+    only_then.observation.samples[0].at_ms = 150.0
+    assert only_then.status == "blocked"  # judged alone
+    [after] = classify.apply_network(network, [only_then])
+    assert (after.status, after.reason) == ("inconclusive", "network.down")
+    assert "measured only in the network-wide outage" in after.detail
+
+
 def test_a_target_failing_after_the_outage_gets_no_such_note() -> None:
     up = [https_ok("example.com", at=at) for at in (100.0, 200.0)]
     controls = [control("https://example.com/", *up)]

@@ -107,7 +107,8 @@ def test_one_exchange_layers_are_called_once_and_diagnosis_follows_failures(
         calls.append(f"diagnose after {len(observation.samples)}")
         return [OtherAddresses(ok=True, tried=["192.0.2.9"], connected=["192.0.2.9"])]
 
-    layer = Layer(measure=fail, budget=lambda j: 1.0, diagnose=diagnose, one_exchange=True)
+    layer = Layer(measure=fail, budget=lambda j: 1.0, diagnose=diagnose,
+                  one_exchange=lambda job: True)
     [observation] = run_engine(jobs(1, make_job, attempts=5), layer, concurrency=1)
     assert calls == ["measure", "diagnose after 1"]
     step = observation.step(OtherAddresses)
