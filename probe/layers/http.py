@@ -19,6 +19,24 @@ at the window's end because a policer's drops can hold TCP silent for longer tha
 with its HEADERS frame, not with the SETTINGS every h2 server sends first, so that neither
 starts the transfer nor counts as its first byte (`ttfb_ms`).
 
+Floods (issue 22): a server may keep the socket full of valid protocol that is no response:
+interim responses without end, chunk extensions around 1-byte chunks, HTTP/2 SETTINGS, PING,
+WINDOW_UPDATE, empty DATA or unknown frames. The Wire yields to the event loop after every read
+that found data waiting, so the deadlines still fire; and a response is bounded besides its
+body, so such a server is told for what it is at once, not after the window, as a
+`protocol_error` worded "the server flooded: ...":
+  MAX_INTERIM          interim (1xx) responses before the final one: real servers send one or
+                       two (100 Continue, 103 Early Hints); 32 leaves room for a 102 Processing
+                       now and then over a whole transfer window.
+  MAX_CONTROL_FRAMES   HTTP/2 frames (h2 events) that bring no body byte: SETTINGS, PING,
+                       WINDOW_UPDATE, PRIORITY, empty DATA, unknown types, other streams. A
+                       server sends a handful (its SETTINGS, an ack, a PING or two); each costs
+                       h2 5-7 us, so 1,000 cost under 10 ms of CPU.
+  MAX_OVERHEAD         bytes of the response that are not body: headers (at most
+                       MAX_HEADER_BYTES), chunk framing, HTTP/2 frame headers, control frames
+                       and padding. 16 MiB sent in 1 KiB chunks or 16 KiB frames carries
+                       100 KiB at most; 1 MiB of SETTINGS frames costs h2 about 35 ms.
+
 Ends: a whole response closes with FIN; anything else (failed, cut short, capped, truncated,
 cancelled) with RST, so the server stops sending and no state is left behind. A server that
 breaks HTTP (garbage, a header bomb, a hang-up mid-response, a reset stream) is a failure fact
@@ -65,6 +83,10 @@ ALPN = ("h2", "http/1.1")
 # Response headers may be this large (h11 fails beyond: a header bomb is a protocol error).
 # 100 KiB, as httpx allowed: real sites send large cookies and security policies.
 MAX_HEADER_BYTES = 100 * 1024
+# Bounds besides the body (see the module docstring, "Floods").
+MAX_INTERIM = 32
+MAX_CONTROL_FRAMES = 1000
+MAX_OVERHEAD = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the ones that mean "go there" (httpx's set)
 # Inbound header validation off, as httpx had it: a server's sloppy header is not a block.
 _H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None,
@@ -106,6 +128,8 @@ class _Transfer:
         self.capped = False
         self.truncated = False
         self.whole = False  # the response ended as the server meant it to
+        self.interim = 0  # 1xx responses so far
+        self.control = 0  # HTTP/2 events that brought no body byte
 
     async def read(self) -> bytes:
         data = await self.wire.read()
@@ -125,6 +149,27 @@ class _Transfer:
         if status in _REDIRECTS and location:
             self.location_host = _location_host(location)
 
+    def interim_response(self) -> None:
+        self.interim += 1
+        if self.interim > MAX_INTERIM:
+            raise Failed(PROTOCOL_ERROR, f"the server flooded: more than {MAX_INTERIM} "
+                                         "interim (1xx) responses")
+
+    def control_frame(self, event: h2.events.Event) -> None:
+        """Count an HTTP/2 event that brought no body byte."""
+        self.control += 1
+        if self.control > MAX_CONTROL_FRAMES:
+            kind = _H2_FRAME_NAMES.get(type(event), "other")
+            raise Failed(PROTOCOL_ERROR, f"the server flooded: more than {MAX_CONTROL_FRAMES} "
+                                         f"HTTP/2 frames without body bytes (the last: {kind})")
+
+    def bounded(self) -> None:
+        """After each read: fail once the bytes besides the body pass MAX_OVERHEAD."""
+        overhead = self.received - self.body
+        if overhead > MAX_OVERHEAD:
+            raise Failed(PROTOCOL_ERROR, f"the server flooded: {overhead} bytes besides "
+                                         f"{self.body} body bytes (headers, framing, control)")
+
     def add_body(self, size: int) -> bool:
         """Count body bytes; True once BYTE_CAP is reached (stop reading)."""
         self.body += size
@@ -132,6 +177,20 @@ class _Transfer:
             self.capped = True
             return True
         return False
+
+
+# What a flood of HTTP/2 events was made of, in the frames' own names (for `detail`).
+_H2_FRAME_NAMES: dict[type[h2.events.Event], str] = {
+    h2.events.RemoteSettingsChanged: "SETTINGS",
+    h2.events.SettingsAcknowledged: "SETTINGS ack",
+    h2.events.PingReceived: "PING",
+    h2.events.PingAckReceived: "PING ack",
+    h2.events.WindowUpdated: "WINDOW_UPDATE",
+    h2.events.PriorityUpdated: "PRIORITY",
+    h2.events.DataReceived: "empty DATA",
+    h2.events.UnknownFrameReceived: "unknown type",
+    h2.events.InformationalResponseReceived: "1xx HEADERS",
+}
 
 
 def _location_host(location: bytes) -> str | None:
@@ -177,7 +236,9 @@ async def _http1(job: Job, port: int, t: _Transfer) -> None:
                 return
             elif type(event) is h11.ConnectionClosed:  # closed before a response started
                 raise Failed(EOF_, "server closed the connection without sending a response")
-            # InformationalResponse (1xx): the real response follows
+            elif type(event) is h11.InformationalResponse:  # 1xx: the real response follows
+                t.interim_response()
+        t.bounded()
 
 
 async def _http2(job: Job, port: int, t: _Transfer) -> None:
@@ -216,6 +277,9 @@ async def _http2(job: Job, port: int, t: _Transfer) -> None:
         for event in conn.receive_data(data):  # raises h2's ProtocolError on garbage
             if _h2_event(event, stream, conn, t):
                 return
+            if type(event) is not h2.events.DataReceived or not event.data:
+                t.control_frame(event)
+        t.bounded()
         if out := conn.data_to_send():  # SETTINGS ack, WINDOW_UPDATE, PING ack
             await t.wire.write(out)
 
@@ -237,6 +301,7 @@ def _h2_event(event: h2.events.Event, stream: int, conn: h2.connection.H2Connect
         t.response(status, "HTTP/2", headers.get(b"location"))
     elif isinstance(event, h2.events.InformationalResponseReceived) and event.stream_id == stream:
         t.started()
+        t.interim_response()
     elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
         t.whole = True
         return True

@@ -34,6 +34,7 @@ from probe.failures import (
     EOF_,
     HOSTNAME_MISMATCH,
     MALFORMED_CERTIFICATE,
+    PROTOCOL_ERROR,
     TIMEOUT,
     TLS_ALERT,
     UNTRUSTED_CERTIFICATE,
@@ -65,7 +66,19 @@ class Wire:
 
     Counts raw bytes received. When `idle` is set, a read that sees no raw byte for `idle`
     seconds raises TimeoutError: progress is judged on the wire, not on decrypted data.
+
+    A peer that never pauses (issue 22): `loop.sock_recv` returns at once, without suspending,
+    while the socket holds data, so a reader fed by a flood would never give the event loop a
+    turn, and no deadline, no signal handler and no other target would ever run again. So a
+    raw read that found data waiting yields to the loop once (`asyncio.sleep(0)`) before it
+    returns: between two turns of the loop a connection does at most one read's work
+    (64 KiB, whatever the caller makes of them), and the deadlines around it fire.
+    And a read gives up, as a protocol error, after MAX_RECORDS_WITHOUT_DATA raw bytes in
+    which TLS found no application byte (a flood of tickets, key updates or empty records):
+    one record is at most 16 KiB and a server sends a ticket or two.
     """
+
+    MAX_RECORDS_WITHOUT_DATA = 1 << 20
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -80,11 +93,18 @@ class Wire:
         self.closed = False
 
     async def _recv_raw(self) -> bytes:
-        if self.idle is None:
-            data = await self._loop.sock_recv(self.sock, _RECV_SIZE)
-        else:
-            async with asyncio.timeout(self.idle):
+        try:
+            data = self.sock.recv(_RECV_SIZE)  # non-blocking: what is waiting, if anything
+        except (BlockingIOError, InterruptedError):
+            if self.idle is None:
                 data = await self._loop.sock_recv(self.sock, _RECV_SIZE)
+            else:
+                async with asyncio.timeout(self.idle):
+                    data = await self._loop.sock_recv(self.sock, _RECV_SIZE)
+        else:
+            # Found waiting: the loop's turn first (timers, signals, other targets), or a
+            # peer that keeps the socket full would hold it for good.
+            await asyncio.sleep(0)
         if data:
             if self.first_byte is None:
                 self.first_byte = data[0]
@@ -116,7 +136,9 @@ class Wire:
         self.tls = tls
 
     async def read(self, max_bytes: int = _RECV_SIZE) -> bytes:
-        """Application bytes; b"" once the peer closed (with or without close_notify)."""
+        """Application bytes; b"" once the peer closed (with or without close_notify).
+        Raises Failed(PROTOCOL_ERROR) after MAX_RECORDS_WITHOUT_DATA raw bytes without one."""
+        fed = 0  # raw bytes given to TLS since this read began, none of them application data
         while True:
             if self.tls is not None:
                 try:
@@ -125,11 +147,15 @@ class Wire:
                     pass
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     return b""
+                if fed > self.MAX_RECORDS_WITHOUT_DATA:
+                    raise Failed(PROTOCOL_ERROR, f"the server flooded: {fed} bytes of TLS "
+                                                 "records without application data")
             data = await self._recv_raw()
             if self.tls is None or not data:
                 if self.tls is not None:
                     self._incoming.write_eof()
                 return data
+            fed += len(data)
             self._incoming.write(data)
 
     async def write(self, data: bytes) -> None:
