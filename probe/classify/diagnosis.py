@@ -43,7 +43,7 @@ def findings(v: Verdict, observation: Observation, reasons: Sequence[str],
     control = observation.step(QuicControl)
     for step in observation.diagnosis.values():
         if isinstance(step, SniControl):
-            found.append(tls.sni_control(v, step, reasons))
+            found.append(tls.sni_control(v, step, reasons, observation.samples))
         elif isinstance(step, QuicControl):
             found.append(quic.quic_control(v, step))
         elif isinstance(step, VersionPing):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from probe.classify.verdict import Finding, Verdict
-from probe.observations import PresentedCertificate, SniControl, TlsFacts
+from probe.observations import PresentedCertificate, Sample, SniControl, TlsFacts
 from probe.results import TargetResult
 
 SNI_SWAP_REASONS = ("tls.timeout", "tls.reset", "tls.eof", "tls.alert")
@@ -36,13 +36,21 @@ def is_residual(reasons: Sequence[str]) -> bool:
             and all(r in PENALTY_REASONS for r in reasons[1:]))
 
 
-def sni_control(v: Verdict, step: SniControl, reasons: Sequence[str]) -> Finding | None:
+def _alerted(samples: Sequence[Sample]) -> bool:
+    """Every handshake of the target that failed began with an alert from the server (a
+    warning alert then FIN reads as EOF, yet the server did answer the name)."""
+    failed = [f for s in samples if (f := s.get(TlsFacts)) is not None and not f.ok]
+    return bool(failed) and all(f.first_record == "alert" for f in failed)
+
+
+def sni_control(v: Verdict, step: SniControl, reasons: Sequence[str],
+                samples: Sequence[Sample] = ()) -> Finding | None:
     """What the harmless-name handshake to the same address says of a failed target."""
     sni = step.sni or "a harmless name"
     residual = is_residual(reasons)
     if v.reason not in SNI_SWAP_REASONS and not residual:
         return None
-    if step.ok and v.reason == "tls.alert" and step.reply == "alert":
+    if step.ok and step.reply == "alert" and (v.reason == "tls.alert" or _alerted(samples)):
         return Finding(f"SNI control: the same address with SNI {sni} got an alert too: the "
                        f"server refuses both names, not a filter")
     if step.ok:

@@ -172,6 +172,25 @@ def test_header_bombs_are_a_failed_response(run: Any, make_catalog: MakeCatalog,
     bounded(outcome, within=3.0)
 
 
+@pytest.mark.parametrize("target", [tls, https], ids=["tls", "https"])
+def test_a_warning_alert_to_every_name_is_no_sni_filter(
+    run: Any, make_catalog: MakeCatalog, ca: TestCA, ca_path: str,
+    target: Callable[[], dict[str, Any]],
+) -> None:
+    # The server answers the harmless control name as it answers the target's: a warning
+    # alert, then FIN (OpenSSL: EOF). A server that treats every name alike filters none.
+    server = HostileServer("warning_alert", ca=ca, name=NAME)
+    outcome = run(hostile_run(server, target(), make_catalog, ca_file=ca_path, attempts=2))
+    assert outcome.result.reason != "tls.sni_filtered", outcome.result.detail
+    assert outcome.result.reason == "tls.eof"
+    phase = outcome.phase("tls")
+    assert phase["failure"] == "eof" and phase["first_record"] == "alert"
+    control = dict(outcome.result.observation.diagnosis["sni_control"].dump())
+    assert control["reply"] == "alert"
+    assert "refuses both names" in outcome.result.detail
+    bounded(outcome, within=3.0)
+
+
 # --- dns, stun, quic -----------------------------------------------------------------------
 
 
