@@ -8,24 +8,34 @@ process killed mid-write leaves the run whole or absent, never half. WAL mode le
 while a watcher writes; concurrent writers queue on SQLite's lock (`busy_timeout`) and give up
 with a clear HistoryError rather than corrupt anything. A saved run can be rebuilt whole from
 the rows (`load_run`), so nothing measured is lost by keeping history instead of JSON files.
+
+Opening: commands that only read (`probe history`) open the file read-only (an SQLite URI with
+mode=ro): they never create it, write the schema, switch the journal mode or migrate. Every
+opening checks the file is probe's before using it: probe's tables with the columns it reads
+(extra tables and columns are let be), and a schema version it knows. Another program's SQLite
+file, an empty file given to a read command, a file that is not SQLite or whose pages are
+damaged (SQLite says so when it reads them, at opening or later in a query) is one HistoryError
+line, never a traceback; and a command that records never writes into another program's file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
+import functools
 import io
 import json
 import os
 import sqlite3
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from probe.errors import HistoryError
 from probe.metrics import metrics_of
@@ -103,11 +113,16 @@ def default_db_path() -> Path:
 # --- opening -------------------------------------------------------------------------------
 
 
+_NO_HISTORY = "no history yet (record a run with --db or probe watch)"
+
+
 def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open (and if asked create) a history database, checking its schema version."""
+    """Open a history database, checking it is probe's. `create` (commands that record runs):
+    made if missing, its schema written or migrated. Otherwise (commands that only read): opened
+    read-only, never written."""
     path = Path(path)
-    if not create and not path.exists():
-        raise HistoryError(f"{path}: no history yet (record a run with --db or probe watch)")
+    if not create:
+        return _open_read_only(path)
     try:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +131,7 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
         raise HistoryError(f"{path}: cannot open history: {exc}") from None
     try:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _check_store(db, path, empty=True)  # before anything is written: another's file?
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":  # e.g. a network file system: still safe, only less concurrent
             db.execute("PRAGMA journal_mode = DELETE")
@@ -125,7 +141,106 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         db.close()
         raise HistoryError(f"{path}: not a usable history database: {exc}") from None
+    except HistoryError:
+        db.close()
+        raise
     return db
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to an existing store that is probe's (see the module docstring)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise HistoryError(f"{path}: {_NO_HISTORY}") from None
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot open history: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise HistoryError(f"{path}: a directory, not a history file")
+    if size == 0:  # SQLite would take it as an empty database
+        raise HistoryError(f"{path}: the file is empty: {_NO_HISTORY}")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                             timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise HistoryError(f"{path}: cannot open history: {exc}") from None
+    try:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # a writer may hold the lock
+        _check_store(db, path, empty=False)
+        version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if not isinstance(version, int):
+            raise HistoryError(f"{path}: not a probe history: it has no schema version")
+        _check_version(version, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise HistoryError(f"{path}: not a usable history database: {exc}") from None
+    except HistoryError:
+        db.close()
+        raise
+    return db
+
+
+@functools.cache
+def _probe_columns() -> dict[str, frozenset[str]]:
+    """Probe's tables and their columns, as _SCHEMA makes them."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: frozenset(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+    finally:
+        db.close()
+
+
+def _check_store(db: sqlite3.Connection, path: Path, *, empty: bool) -> None:
+    """Refuse a database that is not probe's store; `empty`: one without tables is fine (a
+    new store). Raises sqlite3.DatabaseError when the file is not SQLite or is damaged."""
+    tables = {r[0] for r in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")}
+    if not tables:
+        if empty:
+            return
+        raise HistoryError(f"{path}: an empty database: {_NO_HISTORY}")
+    expected = _probe_columns()
+    if missing := sorted(set(expected) - tables):
+        raise HistoryError(
+            f"{path}: not a probe history: another program's database (tables "
+            f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''}; probe's "
+            f"{', '.join(missing)} missing)")
+    for table, columns in expected.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if lacking := sorted(columns - have):
+            raise HistoryError(f"{path}: not a probe history: its table {table} has no "
+                               f"{', '.join(lacking)}")
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise HistoryError(
+            f"{path}: history written by a newer probe (schema {version}); upgrade probe")
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _damage_is_one_line(function: Callable[P, T]) -> Callable[P, T]:
+    """A store function whose SQLite errors (pages damaged since the store was opened) are a
+    HistoryError naming the file, not a traceback. Its first argument is the connection."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            db = args[0]
+            where = "history"
+            if isinstance(db, sqlite3.Connection):
+                with contextlib.suppress(sqlite3.Error):
+                    where = db.execute("PRAGMA database_list").fetchone()[2] or where
+            raise HistoryError(f"{where}: not a usable history database: {exc}") from None
+
+    return wrapper
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
@@ -138,9 +253,8 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
         version = row[0]
         if version is None:
             db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        elif version > SCHEMA_VERSION:
-            raise HistoryError(
-                f"{path}: history written by a newer probe (schema {version}); upgrade probe")
+        else:
+            _check_version(version, path)
 
 
 @contextmanager
@@ -176,6 +290,7 @@ def _epoch(iso: str) -> float | None:
     return moment.timestamp()
 
 
+@_damage_is_one_line
 def record(db: sqlite3.Connection, run: Run, path: str | Path = "history") -> int:
     """Append a whole run in one transaction; returns its id."""
     document = json.loads(run.to_json(indent=None))
@@ -274,6 +389,7 @@ def parse_since(text: str, now: float | None = None) -> float:
     return stamp
 
 
+@_damage_is_one_line
 def check_names(db: sqlite3.Connection, *, platform: str | None = None,
                 feature: str | None = None) -> None:
     """Refuse a platform or feature the history has never recorded (a typo would otherwise
@@ -295,6 +411,7 @@ def check_names(db: sqlite3.Connection, *, platform: str | None = None,
                              f"(recorded: {', '.join(known) or 'none'})")
 
 
+@_damage_is_one_line
 def query(
     db: sqlite3.Connection,
     *,
@@ -350,6 +467,7 @@ def query(
     return History(runs, rows, features)
 
 
+@_damage_is_one_line
 def load_run(db: sqlite3.Connection, run_id: int) -> Run:
     """Rebuild a recorded run whole, as `probe run -o run.json` would have written it."""
     row = db.execute("SELECT document FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -366,6 +484,7 @@ def load_run(db: sqlite3.Connection, run_id: int) -> Run:
     return run
 
 
+@_damage_is_one_line
 def run_ids(db: sqlite3.Connection) -> list[int]:
     return [r[0] for r in db.execute("SELECT id FROM runs ORDER BY id")]
 

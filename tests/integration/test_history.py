@@ -15,9 +15,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from builders import Facts, facts
 
 from probe import catalog, history
-from builders import Facts, facts
+from probe.errors import HistoryError
+from probe.metrics import metrics_of
 from probe.observations import Observation, Sample
 from probe.results import Run, TargetResult
 from probe.runner import Runner
@@ -122,7 +124,7 @@ def target(*samples: dict[str, Facts]) -> TargetResult:
 ])
 def test_metrics_of(samples: tuple[dict[str, Facts], ...],
                     expected: tuple[float | None, float | None, float | None]) -> None:
-    assert history.metrics_of(target(*samples)) == expected
+    assert metrics_of(target(*samples)) == expected
 
 
 # --- store ---------------------------------------------------------------------------------
@@ -160,16 +162,16 @@ def test_reopen_and_schema_version(tmp_path: Path) -> None:
     db.execute("UPDATE schema_version SET version = 99")
     db.commit()
     db.close()
-    with pytest.raises(history.HistoryError, match="newer probe"):
+    with pytest.raises(HistoryError, match="newer probe"):
         history.connect(path)
 
 
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite"
     path.write_bytes(b"this is not sqlite at all, just some text" * 50)
-    with pytest.raises(history.HistoryError, match="not a usable history database"):
+    with pytest.raises(HistoryError, match="not a usable history database"):
         history.connect(path)
-    with pytest.raises(history.HistoryError, match="no history yet"):
+    with pytest.raises(HistoryError, match="no history yet"):
         history.connect(tmp_path / "missing.sqlite", create=False)
 
 
@@ -208,7 +210,7 @@ def test_filters_and_since(tmp_path: Path) -> None:
     assert {r.platform for r in history.query(db, platform=history.CONTROL).rows} == {
         history.CONTROL}
     assert [r.id for r in history.query(db, last=1).runs] == [2]
-    with pytest.raises(history.HistoryError):
+    with pytest.raises(HistoryError):
         history.parse_since("yesterday-ish")
 
 
@@ -391,3 +393,123 @@ platforms:
     assert row.rtt_ms is not None and 0 <= row.rtt_ms < 100
     assert row.throughput_bps is not None and row.throughput_bps > 1e6
     assert row.loss is None
+
+
+# --- bad stores: read commands never write; a foreign or damaged store is one line, exit 2 ---
+
+
+def history_cli(path: Path, *args: str) -> tuple[int, str, str]:
+    """`probe history --db path ...` through the CLI (its one-line errors and exit codes)."""
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+
+    result = CliRunner().invoke(app, ["history", "--db", str(path), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_line_error(code: int, stderr: str, *words: str) -> None:
+    assert code == 2, stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    for word in words:
+        assert word in stderr, stderr
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """The folder's files and their bytes, but SQLite's own -wal and -shm files: any reader of a
+    store in WAL mode (probe's are) makes them, the store itself stays as it was."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()
+            if not p.name.endswith(("-wal", "-shm"))}
+
+
+def another_programs_database(path: Path) -> None:
+    """An SQLite file of someone else's, in SQLite's default (rollback journal) mode."""
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE contacts (id INTEGER PRIMARY KEY, name TEXT)")
+    db.execute("INSERT INTO contacts (name) VALUES ('alice'), ('bob')")
+    db.commit()
+    db.close()
+
+
+def test_read_command_leaves_another_programs_database_alone(tmp_path: Path) -> None:
+    path = tmp_path / "contacts.sqlite"
+    another_programs_database(path)
+    before = files_in(tmp_path)
+    code, stdout, stderr = history_cli(path)
+    one_line_error(code, stderr, str(path), "not a probe history")
+    assert stdout == ""
+    # no tables written, no switch to WAL: not even SQLite's side files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["contacts.sqlite"]
+    assert files_in(tmp_path) == before
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["contacts"]
+    db.close()
+
+
+def test_recording_into_another_programs_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "contacts.sqlite"
+    another_programs_database(path)
+    before = files_in(tmp_path)
+    with pytest.raises(HistoryError, match="not a probe history"):
+        history.record_to(path, ok_run())
+    assert files_in(tmp_path) == before
+
+
+def test_an_empty_file_is_no_history_and_stays_empty(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite"
+    path.touch()
+    code, stdout, stderr = history_cli(path)
+    one_line_error(code, stderr, "no history yet")
+    assert files_in(tmp_path) == {"empty.sqlite": b""}  # no schema written
+    # a command that records takes an empty file as a new store
+    history.record_to(path, ok_run())
+    code, stdout, stderr = history_cli(path, "--format", "csv")
+    assert code == 0 and stdout.count("\n") == 1 + 4, stderr  # a control, three targets
+
+
+def test_a_store_with_probes_tables_missing_a_column_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    history.record_to(path, ok_run())
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE results DROP COLUMN reason")
+    db.commit()
+    db.close()
+    before = files_in(tmp_path)
+    code, _, stderr = history_cli(path)
+    one_line_error(code, stderr, "not a probe history", "results", "reason")
+    assert files_in(tmp_path) == before
+
+
+def corrupt(path: Path, *, from_page: int) -> None:
+    """Overwrite every page of the file from `from_page` (1-based) with junk."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    for start in range((from_page - 1) * page, len(data), page):
+        data[start:start + page] = bytes((i * 37 + 11) % 256 for i in range(page))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("from_page", [1, 2, 3])
+def test_a_damaged_store_is_one_line(tmp_path: Path, from_page: int) -> None:
+    path = tmp_path / "h.sqlite"
+    for _ in range(3):
+        history.record_to(path, ok_run())
+    corrupt(path, from_page=from_page)
+    before = files_in(tmp_path)
+    for args in ((), ("--format", "csv"), ("--platform", "demo"), ("--last", "1")):
+        code, stdout, stderr = history_cli(path, *args)
+        one_line_error(code, stderr, str(path))
+        assert stdout == ""
+    assert files_in(tmp_path) == before
+    with pytest.raises(HistoryError, match=str(path)):
+        history.record_to(path, ok_run())
+
+
+def test_reading_does_not_write_a_probe_store(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    history.record_to(path, ok_run())
+    before = path.read_bytes()
+    code, stdout, stderr = history_cli(path, "--format", "jsonl")
+    assert code == 0 and len(stdout.splitlines()) == 4, stderr
+    assert path.read_bytes() == before
