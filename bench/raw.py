@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import struct
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from aioquic.quic.events import HandshakeCompleted
 from servers import NAME
 
 _STUN_COOKIE = 0x2112A442  # RFC 8489 section 5
+_OPTIONAL_PADDING = 0xFF26  # comprehension-optional: every server ignores it (probe/wire/stun.py)
+_FINGERPRINT, _FINGERPRINT_XOR = 0x8028, 0x5354554E
 
 
 async def bounded(n: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> None:
@@ -143,6 +146,60 @@ async def stun_train(port: int, n: int) -> int:
     finally:
         transport.close()
     return n - client.expected
+
+
+def padded_request(size: int) -> tuple[bytes, bytes]:
+    """A Binding request of `size` bytes (a multiple of 4, at least 32): padding, then
+    FINGERPRINT, as the probe's call flows send them; (datagram, transaction id)."""
+    tid = os.urandom(12)
+    head = struct.pack("!HHI12sHH", 0x0001, size - 20, _STUN_COOKIE, tid,
+                       _OPTIONAL_PADDING, size - 32) + bytes(size - 32)
+    crc = zlib.crc32(head) ^ _FINGERPRINT_XOR
+    return head + struct.pack("!HHI", _FINGERPRINT, 4, crc), tid
+
+
+class _CallAnswers(asyncio.DatagramProtocol):
+    """Matches answers to requests by transaction id and keeps each one's round-trip time."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sent_at: dict[bytes, float] = {}
+        self.rtts: list[float] = []
+        self.all_in: asyncio.Future[None] | None = None  # set once nothing is outstanding
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        sent = self.sent_at.pop(data[8:20], None)
+        if sent is not None:
+            self.rtts.append(self.loop.time() - sent)
+            if not self.sent_at and self.all_in is not None and not self.all_in.done():
+                self.all_in.set_result(None)
+
+
+async def call_flow(port: int, rate: float, size: int, duration: float, wait: float) -> int:
+    """One call-like flow: `rate` padded requests a second for `duration` s on one socket, on a
+    fixed grid, answers matched; then up to `wait` s for the last answers. Returns answers."""
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(
+        _CallAnswers, remote_addr=("127.0.0.1", port))
+    try:
+        start = loop.time()
+        for seq in range(round(duration * rate)):
+            delay = start + seq / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            data, tid = padded_request(size)
+            client.sent_at[tid] = loop.time()
+            transport.sendto(data)
+        if client.sent_at:
+            client.all_in = loop.create_future()
+            try:
+                async with asyncio.timeout(wait):
+                    await client.all_in
+            except TimeoutError:
+                pass
+    finally:
+        transport.close()
+    return len(client.rtts)
 
 
 class _QuicHandshake(asyncio.DatagramProtocol):

@@ -3,12 +3,14 @@
 A server in its own process keeps its CPU out of the client's figures (process_time is the
 client's alone) and lets it run on the other core. tcp, tls and https are plain asyncio servers
 (the C-backed ssl transport is faster than the mocks' memory-BIO TLS, so the client is the
-bottleneck); stun, quic and silent are probe's own mocks.
+bottleneck); stun, quic, silent and throttle (an HTTPS server sending its bodies at 128 kbit/s)
+are probe's own mocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import multiprocessing
 import ssl
 import tempfile
@@ -18,15 +20,13 @@ from queue import Empty
 from typing import Any, Self
 
 NAME = "bench.test"  # the certificate name; clients connect to 127.0.0.1 with this SNI
-KINDS = ("tcp", "tls", "https", "stun", "quic", "silent")
+KINDS = ("tcp", "tls", "https", "stun", "quic", "silent", "throttle")
 _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 def _serve(kind: str, folder: str, ready: Any) -> None:
     try:  # the server side is not what is measured: let it go as fast as it can
-        import uvloop
-
-        uvloop.install()
+        importlib.import_module("uvloop").install()
     except ImportError:
         pass
     asyncio.run(_serve_async(kind, Path(folder), ready))
@@ -86,6 +86,15 @@ async def _serve_async(kind: str, folder: Path, ready: Any) -> None:
         ca = TestCA()
         ca.write_ca(folder / "ca.pem")
         keep = QuicServer("ok", ca=ca, name=NAME)
+        await keep.start()
+        port = keep.port
+    elif kind == "throttle":
+        from probe.mock.certs import TestCA
+        from probe.mock.tls import HTTPSServer
+
+        ca = TestCA()
+        ca.write_ca(folder / "ca.pem")
+        keep = HTTPSServer("throttle", ca=ca, name=NAME)  # 128 kbit/s, the lab's throttle
         await keep.start()
         port = keep.port
     elif kind == "silent":
