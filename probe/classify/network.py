@@ -140,7 +140,8 @@ def _in_the_outage(network: NetworkResult, target: TargetResult) -> TargetResult
         return target
     if not any(s.ok for s in samples):
         detail = (f"{target.reason}: measured only in the network-wide outage at the start of "
-                  f"the run (every control failed then too); {target.detail}")
+                  f"the run (every control failed then too): the network's, not a censor's; "
+                  f"{target.detail}")
         return target.model_copy(update={"status": "inconclusive", "reason": "network.down",
                                          "detail": detail})
     note = ("the failed samples fell in the network-wide outage at the start of the run "

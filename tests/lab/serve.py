@@ -25,7 +25,32 @@ def _say(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+class Reflect:
+    """`probe reflect` as one of the lab's servers (kind "reflect"): options `udp_ports`."""
+
+    BEHAVIOURS = ("ok",)
+
+    def __init__(self, host: str, udp_ports: list[int]) -> None:
+        from probe.reflect.server import Reflector, load_certificate
+
+        self.reflector = Reflector([host], udp_ports, [],
+                                   certificate=load_certificate(None, None))
+        self.behaviour = "ok"
+
+    @property
+    def port(self) -> int:
+        return self.reflector.udp_bound[0]
+
+    async def start(self) -> None:
+        await self.reflector.__aenter__()
+
+    async def stop(self) -> None:
+        await self.reflector.__aexit__(None, None, None)
+
+
 def _make(entry: dict[str, Any], ca: Any) -> Any:
+    if entry["kind"] == "reflect":
+        return Reflect(entry["host"], list(entry.get("options", {}).get("udp_ports", [0])))
     module_name, class_name = SERVERS[entry["kind"]]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(entry.get("behaviour", "ok"), host=entry["host"], port=int(entry.get("port", 0)),
