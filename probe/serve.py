@@ -10,6 +10,7 @@ and answers `GET /metrics` from the latest finished run, on its own registry. Me
     probe_platform_status{platform,reason}                same coding, per platform
     probe_network_status{reason}                          same coding, from the controls
     probe_rtt_seconds / probe_throughput_bits_per_second / probe_loss_ratio {platform,feature,target,name}
+    probe_call_mos{platform,feature,target,name}         a call-like flow's estimated MOS (1-4.5)
     probe_run_duration_seconds, probe_last_run_timestamp_seconds, probe_run_interrupted,
     probe_runs_total
 
@@ -36,6 +37,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from probe.classify.udp import call_flow
+from probe.classify.udp import quality as flow_quality
 from probe.errors import HistoryError
 from probe.history import CONTROL
 from probe.metrics import metrics_of
@@ -83,6 +86,8 @@ class Exporter:
                                  "Median HTTP transfer rate.", labels=targets)
         loss = GaugeMetricFamily("probe_loss_ratio", "UDP requests unanswered / sent.",
                                  labels=targets)
+        mos = GaugeMetricFamily("probe_call_mos", "How a call over the path would sound: the "
+                                "E-model's MOS of a call-like flow (1-4.5).", labels=targets)
         seen: set[tuple[str, ...]] = set()
         for target in [*run.network.controls, *run.targets]:
             labels = _labels(target)
@@ -98,7 +103,11 @@ class Exporter:
                 rate.add_metric(list(labels), bps)
             if lost is not None:
                 loss.add_metric(list(labels), lost)
-        yield from (status, success, rtt, rate, loss)
+            flow = call_flow(target.observation)
+            quality = flow_quality(flow) if flow is not None else None
+            if quality is not None:
+                mos.add_metric(list(labels), quality.mos)
+        yield from (status, success, rtt, rate, loss, mos)
         features = GaugeMetricFamily("probe_feature_status", "Feature verdict (coded as probe_status).",
                                      labels=["platform", "feature", "reason"])
         for f in run.features:

@@ -267,3 +267,22 @@ def test_serve_refuses_a_port_in_use(listener: int, tmp_path: Path) -> None:
          f"127.0.0.1:{listener}"], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_call_flow_exports_its_mos_and_reason() -> None:
+    from builders import judge_subject, obs, ph, sample
+
+    from probe.classify import Subject
+    from probe.results import CatalogRef, NetworkResult
+
+    gurgle = ph(ms=40.0, sent=250, answered=180, lost=70, loss=0.28, call=True, rate=50.0,
+                size=160, rtt_median_ms=40.0, jitter_ms=27.0, loss_bursts=60,
+                answered_per_s=[36] * 5)
+    target = judge_subject(Subject("app", "calls", "stun://192.0.2.7:3478"),
+                           obs(sample(stun=gurgle)))
+    run = Run(probe_version="t", started_at="2026-12-04T08:00:00Z",
+              finished_at="2026-12-04T08:00:05Z", catalog=CatalogRef(path="x", sha256=""),
+              network=NetworkResult(status="ok"), targets=[target])
+    found = samples(exporter_with(run).exposition().decode())
+    assert one(found, "probe_status", feature="calls").labels["reason"] == "call.poor"
+    assert 1.0 <= one(found, "probe_call_mos", feature="calls").value < 3.1
