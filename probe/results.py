@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -164,11 +165,16 @@ def read_run(path: str | Path) -> Run:
 
 
 def _json(text: str) -> Any:
-    """JSON as the probe writes it: no NaN or Infinity (they would poison every comparison)."""
+    """JSON as the probe writes it: no NaN or Infinity (they would poison every comparison),
+    spelled so or as a number too large for a float (1e999)."""
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not a number a result file holds")
 
-    return json.loads(text, parse_constant=refuse)
+    def finite(number: str) -> float:
+        value = float(number)
+        return value if math.isfinite(value) else refuse(number)
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
 
 
 # --- JSONL: a record per line; target lines as the targets finish ------------------------------
@@ -224,11 +230,13 @@ def parse_jsonl(text: str, path: str) -> Run:
     reflector: list[TargetResult] = []
     end: dict[str, Any] | None = None
     lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("no records: the file is empty")
     for number, line in enumerate(lines, 1):
         try:
             item = _json(line)
-        except ValueError:
-            if number == len(lines) and end is None:
+        except json.JSONDecodeError:  # not a refused NaN: that is no tear
+            if number == len(lines) and end is None and number > 1:
                 break  # a last line torn by a writer that died: the file was cut there
             raise
         if not isinstance(item, dict):
