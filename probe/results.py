@@ -7,6 +7,7 @@ import glob
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -111,15 +112,37 @@ class Run(BaseModel):
             for i, item in enumerate(items):
                 if i:
                     parts.append(",\n    ")
-                one = json.dumps(item.model_dump(mode="json", by_alias=True), indent=2,
-                                 ensure_ascii=False)
-                parts.append(one.replace("\n", "\n    "))  # newlines in strings are escaped
+                parts.append(_item_json(item).replace("\n", "\n    "))  # strings' are escaped
             parts.append("\n  ]")
         parts.append("\n}")
         return "".join(parts)
 
 
 _LISTS = ("targets", "features", "platforms", "reflector")
+
+# Where pydantic's serializer and json.dumps spell a float apart: below 1e-4 it writes 0.00005
+# and 1.5e-7 where Python writes 5e-05 and 1.5e-07 (250,000 floats checked: "0.0000" or this
+# exponent finds every one, and nothing else among them).
+_SHORT_EXPONENT = re.compile(r"\de-\d(?!\d)")
+
+
+def _item_json(item: BaseModel) -> str:
+    """json.dumps(item.model_dump(mode="json", by_alias=True), indent=2, ensure_ascii=False),
+    written by pydantic's serializer: a quarter of the time (0.1 s, not 0.4 s, for 10,000
+    targets, and `probe run -o x.json -f json` renders twice). Its text is the same: strings
+    are escaped alike, keys in the same order, floats the same digits; an item where a float
+    could be spelled apart (see _SHORT_EXPONENT: perhaps only a string looking like one), or
+    that the serializer refuses (a lone surrogate), is written by json.dumps. One difference
+    is left: a NaN or an infinity among the facts (no layer makes one) reads null, which
+    json.dumps would write as NaN, not JSON."""
+    try:
+        text = item.model_dump_json(indent=2, by_alias=True)
+    except ValueError:  # pydantic_core.PydanticSerializationError
+        text = ""
+    if not text or "0.0000" in text or ("e-" in text and _SHORT_EXPONENT.search(text)):
+        text = json.dumps(item.model_dump(mode="json", by_alias=True), indent=2,
+                          ensure_ascii=False)
+    return text
 
 
 # How targets match across runs: platform + feature + url (controls: None, None, url).
