@@ -70,12 +70,15 @@ class _Allocate(asyncio.DatagramProtocol):
         self.request = request
         self.answer: asyncio.Future[stun.Message] = asyncio.get_running_loop().create_future()
         self.malformed = 0
+        self.broken: str | None = None  # why the first answer with our id did not decode
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
             message = stun.decode_message(data)
-        except stun.StunCodecError:
-            self.malformed += 1
+        except stun.StunCodecError as exc:
+            self.malformed += 1  # discarded (RFC 8489 6.3): a forgery may come before the answer
+            if self.broken is None and stun.header_answers(data, self.request):
+                self.broken = str(exc)
             return
         if not stun.is_response_to(message, self.request):
             self.malformed += 1
@@ -110,11 +113,18 @@ async def over_udp(address: str, port: int, timeout: float) -> TurnFacts:
         failure, message = classify_udp_error(exc)
         if failure == TIMEOUT:
             message = f"no answer to a TURN Allocate within {timeout:g} s (sent {facts['sent']}x)"
+            if protocol.broken is not None:  # answered, but never in valid STUN
+                failure, message = PROTOCOL_ERROR, _broken(protocol.broken, timeout)
         return TurnFacts(ok=False, ms=_ms(start), failure=failure, error=message,
                      malformed=protocol.malformed, **facts)
     finally:
         transport.close()
     return judge(answer, start, malformed=protocol.malformed, **facts)
+
+
+def _broken(why: str, timeout: float) -> str:
+    return (f"no valid answer to a TURN Allocate within {timeout:g} s; it was answered with a "
+            f"message STUN forbids ({why})")
 
 
 def _ms(start: float) -> float:
@@ -139,6 +149,7 @@ async def over_tcp(sock: socket.socket, port: int, timeout: float) -> TurnFacts:
     request = stun.allocate_request()
     start = time.perf_counter()
     skipped = 0
+    broken: str | None = None  # why the first answer with our id did not decode
     try:
         async with asyncio.timeout(timeout):
             await loop.sock_sendall(sock, stun.encode_message(request))
@@ -148,8 +159,9 @@ async def over_tcp(sock: socket.socket, port: int, timeout: float) -> TurnFacts:
                     answer = stun.decode_message(frame)
                     if stun.is_response_to(answer, request):
                         break
-                except stun.StunCodecError:
-                    pass  # a bad frame in a good stream: skip it, as over UDP
+                except stun.StunCodecError as exc:  # a bad frame in a good stream: skip it
+                    if broken is None and stun.header_answers(frame, request):
+                        broken = str(exc)
                 skipped += 1
                 if skipped >= _MAX_FRAMES:
                     raise Failed(PROTOCOL_ERROR, f"{skipped} STUN frames, none our answer")
@@ -161,6 +173,8 @@ async def over_tcp(sock: socket.socket, port: int, timeout: float) -> TurnFacts:
         failure, message = classify_exception(exc)
         if failure == TIMEOUT:
             message = f"no answer to a TURN Allocate over TCP within {timeout:g} s"
+            if broken is not None:  # answered, but never in valid STUN
+                failure, message = PROTOCOL_ERROR, _broken(broken, timeout)
         return TurnFacts(ok=False, ms=_ms(start), failure=failure, error=message,
                      transport="tcp", port=port, malformed=skipped)
     finally:

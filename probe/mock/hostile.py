@@ -42,6 +42,10 @@ HostileDnsServer behaviours (UDP and TCP on one port):
   truncate_loop  over UDP a valid empty reply with TC set; over TCP the pointer loop
   junk           random bytes carrying the query's id
 
+HostileTurnServer behaviours (UDP and TCP on one port):
+  long_realm     every request answered with 401 Unauthorized, a NONCE and a REALM of
+                 `realm_bytes` bytes (default 1,000): more than RFC 8489's 763
+
 UdpFloodServer behaviours: from a client's first datagram on, a valid answer to it sent again
 and again as fast as the socket allows, for `seconds` (default 30; to the latest client only):
   dns    the reply to the query (an A or AAAA record of `address`, default 127.0.0.9)
@@ -444,6 +448,60 @@ class HostileDnsServer(MockServer):
             if answer is not None:
                 writer.write(len(answer).to_bytes(2, "big") + answer)
                 await writer.drain()
+
+
+# --- TURN --------------------------------------------------------------------------------------
+
+
+def long_realm_401(request: bytes, realm_bytes: int) -> bytes | None:
+    """A 401 answer to a STUN request with a NONCE and a REALM of `realm_bytes` bytes: the
+    codec's encoding of the rest, the REALM added after it by hand (the codec refuses to encode
+    what RFC 8489 forbids); None when `request` is no STUN request."""
+    from probe.wire import stun
+
+    try:
+        message = stun.decode_message(request)
+    except stun.StunCodecError:
+        return None
+    if message.cls != stun.Class.REQUEST:
+        return None
+    head = stun.encode_message(stun.error_response(message, 401, "Unauthorized",
+                                                   nonce="nonce-of-the-mock", fingerprint=False))
+    realm = b"r" * realm_bytes
+    realm = struct.pack("!HH", 0x0014, len(realm)) + realm + bytes(-len(realm) % 4)
+    length = len(head) - stun.HEADER_SIZE + len(realm)
+    return head[:2] + struct.pack("!H", length) + head[4:] + realm
+
+
+class HostileTurnServer(MockServer):
+    """A TURN-looking server (UDP and TCP on one port) whose answers break STUN's limits."""
+
+    BEHAVIOURS: tuple[str, ...] = ("long_realm",)
+    serves_udp = True
+
+    def __init__(self, behaviour: str = "long_realm", *, host: str = "127.0.0.1", port: int = 0,
+                 ca: TestCA | None = None, name: str = "turn.mock.test", **options: Any) -> None:
+        super().__init__(behaviour, host, port, name, options, ("realm_bytes",))
+        self.realm_bytes = int(options.get("realm_bytes", 1000))
+        self.requests = 0
+
+    def answer(self, data: bytes) -> bytes | None:
+        answer = long_realm_401(data, self.realm_bytes)
+        self.requests += answer is not None
+        return answer
+
+    def datagram(self, data: bytes, addr: Any) -> None:
+        if (answer := self.answer(data)) is not None:
+            self._sendto(answer, addr)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # STUN over TCP: frames cut by the length field (RFC 8489 6.2.2)
+            header = await reader.readexactly(20)
+            size = int.from_bytes(header[2:4], "big")
+            if (answer := self.answer(header + await reader.readexactly(size))) is None:
+                return
+            writer.write(answer)
+            await writer.drain()
 
 
 # --- floods of valid datagrams -----------------------------------------------------------------

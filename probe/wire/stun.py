@@ -52,6 +52,7 @@ __all__ = [
     "decode_message",
     "encode_message",
     "error_response",
+    "header_answers",
     "is_response_to",
     "message_length",
     "new_transaction_id",
@@ -317,6 +318,19 @@ def is_response_to(response: Message, request: Message) -> bool:
         and response.transaction_id == request.transaction_id
         and response.method == request.method
     )
+
+
+def header_answers(data: bytes, request: Message) -> bool:
+    """Whether `data` begins with the header of an answer to `request` (a response class, its
+    method and transaction id), whatever follows: an answer, even one whose body does not
+    decode (a REALM longer than RFC 8489 allows), is no silence."""
+    try:
+        message_length(data[:HEADER_SIZE])
+    except StunCodecError:
+        return False
+    message_type, _, _, transaction_id = _HEADER.unpack_from(data)
+    method, cls = _split_message_type(message_type)
+    return is_response_to(Message(method, cls, transaction_id), request)
 
 
 # --- encoding ------------------------------------------------------------------------------

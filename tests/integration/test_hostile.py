@@ -20,7 +20,12 @@ import pytest
 from probe.catalog import LoadedCatalog
 from probe.layers.http import BYTE_CAP
 from probe.mock.certs import TestCA
-from probe.mock.hostile import Background, HostileDnsServer, HostileServer
+from probe.mock.hostile import (
+    Background,
+    HostileDnsServer,
+    HostileServer,
+    HostileTurnServer,
+)
 from probe.mock.quic import QuicServer
 from probe.mock.stun import StunServer
 from probe.results import TargetResult
@@ -214,6 +219,24 @@ def test_stun_flood_is_survived(run: Any, make_catalog: MakeCatalog) -> None:
     assert outcome.result.reason == "ok"
     assert outcome.phase("stun")["malformed"] >= 100
     bounded(outcome, within=4.0)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_401_with_an_oversized_realm_is_an_answer_not_silence(
+    run: Any, make_catalog: MakeCatalog, transport: str
+) -> None:
+    # Our transaction id, 401, REALM and NONCE, but a REALM of 1,000 bytes (RFC 8489: 763 at
+    # most): something answered, as no TURN server would. Not udp.timeout. Discarded as it
+    # comes (a forgery may precede the real answer), so it is judged at the timeout.
+    server = HostileTurnServer("long_realm", realm_bytes=1000)
+    url = "turn://127.0.0.1:{port}" + ("?transport=tcp" if transport == "tcp" else "")
+    outcome = run(hostile_run(server, {"url": url}, make_catalog))
+    assert outcome.result.reason == "turn.unexpected", outcome.result.detail
+    turn = outcome.phase("turn")
+    assert turn["failure"] == "protocol_error"
+    assert "Realm longer than 763 bytes" in turn["error"]
+    assert turn["malformed"] >= 1 and server.requests >= 1
+    bounded(outcome, within=2.5)
 
 
 def test_quic_junk_is_a_timeout(run: Any, make_catalog: MakeCatalog, ca: TestCA,
