@@ -26,7 +26,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     StringConstraints,
     ValidationInfo,
     WithJsonSchema,
@@ -477,8 +476,6 @@ class Target(Strict):
     sustain: Duration | None = None
     call: CallOption | None = None  # stun/turn: false opts out of the call-like flow
 
-    _endpoint: Endpoint = PrivateAttr()
-
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
@@ -548,14 +545,11 @@ class Target(Strict):
                              "targets only")
         return value
 
-    @model_validator(mode="after")
-    def _parsed(self) -> Target:
-        self._endpoint = parse_endpoint(self.url)
-        return self
-
-    @property
+    @functools.cached_property
     def endpoint(self) -> Endpoint:
-        return self._endpoint
+        """What the url names, parsed when first asked for (`_url` has checked it): a catalog
+        that is only validated never builds one, and no validator runs after each target."""
+        return parse_endpoint(self.url)
 
 
 class Control(Target):
