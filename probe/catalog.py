@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from probe.errors import CatalogError, CatalogProblem
+from probe.errors import CatalogError, CatalogProblem, UsageError
 
 if TYPE_CHECKING:
     from probe.wire.flow import CallPlan
@@ -317,11 +317,14 @@ def _parse_endpoint_fully(url: str) -> Endpoint:
     elif scheme == "https":
         unknown = set()  # an https query is part of the request
     elif scheme == "reflect":
-        shape = query.setdefault("shape", "stun")
-        if shape not in REFLECT_SHAPES:
-            raise ValueError(f"reflect shape must be one of {', '.join(REFLECT_SHAPES)}, got "
-                             f"{shape!r}")
-        unknown = set(query) - {"shape"}
+        if query.get("transport", "udp") not in ("udp", "tls"):
+            raise ValueError(f"reflect transport must be udp or tls, got {query['transport']!r}")
+        if query.get("transport") != "tls":
+            shape = query.setdefault("shape", "stun")
+            if shape not in REFLECT_SHAPES:
+                raise ValueError(f"reflect shape must be one of {', '.join(REFLECT_SHAPES)}, "
+                                 f"got {shape!r}")
+        unknown = set(query) - {"shape", "transport"}
     else:
         unknown = set(query)
     if unknown:
@@ -394,8 +397,9 @@ class Reflector(Strict):
     shapes: list[Literal["stun", "whatsapp", "telegram", "rtp", "random"]] = Field(
         default=["stun", "random"], min_length=1)
     duration: Duration = 3.0  # each flow's, at a call's rate and size
+    tls_port: Port | None = Field(default=443, description="its TLS port (null: no TLS test)")
     token_file: str | None = None  # the team's token (relative to the catalog)
-    fingerprint: str | None = None  # SPKI SHA-256 of its TLS certificate (a reflect tls target)
+    fingerprint: str | None = None  # SPKI SHA-256 of its TLS certificate, pinned
 
     @field_validator("address")
     @classmethod
@@ -502,6 +506,8 @@ class Target(Strict):
     @classmethod
     def _tls_only(cls, value: Any, info: ValidationInfo) -> Any:
         scheme = _scheme(info)
+        if scheme == "reflect" and "transport=tls" in str(info.data.get("url")):
+            scheme = "tls"  # a TLS handshake with the reflector
         if value is not None and scheme and scheme not in TLS_SCHEMES:
             raise ValueError(f"{info.field_name} does not apply to {scheme}:// targets "
                              f"(only {', '.join(TLS_SCHEMES)})")
@@ -627,16 +633,35 @@ CALLS_FEATURE = "calls"
 REFLECTOR = "reflector"  # the feature of the flows to settings.reflector (no platform)
 
 
-def reflector_targets(reflector: Reflector) -> list[Target]:
-    """One call-like flow per call port and shape, and per shape on the control port: the
-    differences name the technique (classify/calls.py)."""
+def reflector_targets(reflector: Reflector, names: Sequence[str] = ()) -> list[Target]:
+    """One call-like flow per call port and shape, and per shape on the control port; and a
+    TLS handshake naming each of `names` (one per platform): the differences name the technique
+    on an address nobody else uses (classify/calls.py)."""
     host = f"[{reflector.address}]" if ":" in reflector.address else reflector.address
     call = Call(duration=reflector.duration)
     ports = [(port, "port") for port in reflector.udp_ports]
     ports.append((reflector.control_port, "control port"))
-    return [Target(url=f"reflect://{host}:{port}?shape={shape}", call=call,
-                   name=f"reflector {kind} {port} {shape}")
-            for port, kind in ports for shape in reflector.shapes]
+    flows = [Target(url=f"reflect://{host}:{port}?shape={shape}", call=call,
+                    name=f"reflector {kind} {port} {shape}")
+             for port, kind in ports for shape in reflector.shapes]
+    if reflector.tls_port is None:
+        return flows
+    return flows + [Target(url=f"reflect://{host}:{reflector.tls_port}?transport=tls", sni=name,
+                           name=f"reflector tls {name}") for name in dict.fromkeys(names)]
+
+
+def tls_names(platforms: Iterable[Platform]) -> list[str]:
+    """The first name each platform's TLS or HTTPS targets send as SNI."""
+    names = []
+    for platform in platforms:
+        for feature in platform.features.values():
+            found = next((t.sni or t.endpoint.host for t in feature.targets
+                          if t.endpoint.scheme in ("tls", "https") and not t.endpoint.is_ip),
+                         None)
+            if found is not None:
+                names.append(found)
+                break
+    return names
 
 
 def call_plan(feature: str | None, target: Target) -> CallPlan | None:
@@ -706,7 +731,8 @@ class LoadedCatalog:
         for c in self.catalog.controls:
             yield job(None, None, c)
         if s.reflector is not None:
-            for target in reflector_targets(s.reflector):
+            chosen = [p for pid, p in self.catalog.platforms.items() if not only or pid in only]
+            for target in reflector_targets(s.reflector, tls_names(chosen)):
                 yield job(None, REFLECTOR, target)
         for pid, platform in self.catalog.platforms.items():
             if only and pid not in only:
@@ -714,6 +740,32 @@ class LoadedCatalog:
             for fid, feature in platform.features.items():
                 for t in feature.targets:
                     yield job(pid, fid, t)
+
+
+def override_settings(
+    loaded: LoadedCatalog,
+    *,
+    timeout: str | None,
+    attempts: int | None,
+    concurrency: int | None,
+) -> LoadedCatalog:
+    """The catalog with command-line settings laid over its own."""
+    update: dict[str, Any] = {}
+    if timeout is not None:
+        try:
+            update["timeout"] = parse_duration(timeout)
+        except ValueError as exc:
+            raise UsageError(f"--timeout: {exc}") from None
+    if attempts is not None:
+        update["attempts"] = attempts
+    if concurrency is not None:
+        update["concurrency"] = concurrency
+    if not update:
+        return loaded
+    settings = loaded.catalog.settings.model_copy(update=update)
+    catalog = loaded.catalog.model_copy(update={"settings": settings})
+    # Targets keep their own timeout/attempts when they set one; the rest follow the override.
+    return type(loaded)(**{**loaded.__dict__, "catalog": catalog})
 
 
 # --- loading -------------------------------------------------------------------------------

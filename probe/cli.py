@@ -123,7 +123,7 @@ def _root(version: Annotated[bool, typer.Option(
 def load_catalog(path: Path | None, profile: str | None = None, *, timeout: str | None = None,
                  attempts: int | None = None, concurrency: int | None = None) -> LoadedCatalog:
     """The catalog (and profile) with the command line's settings laid over it."""
-    from probe import catalog, session
+    from probe import catalog
 
     chosen = path or catalog.default_catalog_path()
     loaded = catalog.load(chosen)
@@ -133,7 +133,7 @@ def load_catalog(path: Path | None, profile: str | None = None, *, timeout: str 
             raise UsageError(f"--profile: no profile {profile!r}{_suggest(profile, known)} "
                              f"(shipped: {', '.join(known)}; or give a .yaml file)")
         loaded = catalog.apply_profile(loaded, profile)
-    return session.override_settings(loaded, timeout=timeout, attempts=attempts,
+    return catalog.override_settings(loaded, timeout=timeout, attempts=attempts,
                                      concurrency=concurrency)
 
 

@@ -24,38 +24,11 @@ from types import FrameType
 from typing import Any
 
 from probe import loop
-from probe.catalog import LoadedCatalog, parse_duration
+from probe.catalog import LoadedCatalog
 from probe.errors import UsageError
 from probe.report import render
-from probe.results import JsonlWriter, Run, TargetResult, jsonl_head, jsonl_tail, jsonl_target
-from probe.results import write_atomic
+from probe.results import JsonlWriter, Run, jsonl_head, jsonl_tail, jsonl_target, write_atomic
 from probe.runner import Runner
-
-
-def override_settings(
-    loaded: LoadedCatalog,
-    *,
-    timeout: str | None,
-    attempts: int | None,
-    concurrency: int | None,
-) -> LoadedCatalog:
-    """The catalog with command-line settings laid over its own."""
-    update: dict[str, Any] = {}
-    if timeout is not None:
-        try:
-            update["timeout"] = parse_duration(timeout)
-        except ValueError as exc:
-            raise UsageError(f"--timeout: {exc}") from None
-    if attempts is not None:
-        update["attempts"] = attempts
-    if concurrency is not None:
-        update["concurrency"] = concurrency
-    if not update:
-        return loaded
-    settings = loaded.catalog.settings.model_copy(update=update)
-    catalog = loaded.catalog.model_copy(update={"settings": settings})
-    # Targets keep their own timeout/attempts when they set one; the rest follow the override.
-    return type(loaded)(**{**loaded.__dict__, "catalog": catalog})
 
 
 def usable_concurrency(wanted: int) -> tuple[int, str | None]:
