@@ -46,8 +46,11 @@ the requests still inside their wait (rate x wait entries). No object per packet
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import struct
+import zlib
 from array import array
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -145,6 +148,28 @@ class Shape(Protocol):
         ...
 
 
+_FINGERPRINT_HEADER = struct.pack("!HH", stun.ATTRIBUTE_TYPES[stun.Fingerprint], 4)
+
+
+@functools.lru_cache(maxsize=64)  # (method, size): a catalog uses a few sizes
+def _request_template(method: int, size: int) -> tuple[bytes, bytes]:
+    """A request of `method` padded to `size`, encoded once with a zero transaction id and cut
+    around the parts each request fills in: (the header's first 8 bytes, the attributes before
+    FINGERPRINT). No attribute of a Binding or an Allocate request depends on the transaction
+    id, so head + id + attributes + FINGERPRINT is what `stun.encode_message` writes, for a
+    fraction of its cost (a flow sends 250 and more; every flow had its own template)."""
+    if method == stun.Method.ALLOCATE:
+        bare = stun.allocate_request(bytes(12))
+    else:
+        bare = stun.binding_request(bytes(12))
+    bare = stun.Message(bare.method, bare.cls, bare.transaction_id,
+                        (*bare.attributes, stun.Fingerprint()))
+    natural = len(stun.encode_message(bare))
+    padded = max(natural, size + (-size % 4))
+    data = stun.encode_message(stun.pad(bare, padded))
+    return data[:8], data[stun.HEADER_SIZE:-8]
+
+
 class StunShape:
     """STUN Binding requests (or TURN Allocate requests) padded to the plan's size.
 
@@ -161,28 +186,14 @@ class StunShape:
         if method not in (stun.Method.BINDING, stun.Method.ALLOCATE):
             raise ValueError(f"StunShape sends Binding or Allocate requests, not {method:#x}")
         self.method = method
-        self._attributes: dict[int, tuple[stun.Attribute, ...]] = {}  # by size
-
-    def _template(self, size: int) -> tuple[stun.Attribute, ...]:
-        attributes = self._attributes.get(size)
-        if attributes is None:
-            if self.method == stun.Method.ALLOCATE:
-                bare = stun.allocate_request(bytes(12))
-            else:
-                bare = stun.binding_request(bytes(12))
-            bare = stun.Message(bare.method, bare.cls, bare.transaction_id,
-                                (*bare.attributes, stun.Fingerprint()))
-            natural = len(stun.encode_message(bare))
-            padded = max(natural, size + (-size % 4))
-            attributes = stun.pad(bare, padded).attributes
-            self._attributes[size] = attributes
-        return attributes
 
     def request(self, seq: int, size: int) -> tuple[bytes, bytes]:
         transaction_id = stun.new_transaction_id()
-        message = stun.Message(self.method, stun.Class.REQUEST, transaction_id,
-                               self._template(size))
-        return stun.encode_message(message), transaction_id
+        head, body = _request_template(self.method, size)
+        before = head + transaction_id + body
+        # FINGERPRINT's value: CRC-32 of all before the attribute (RFC 8489 section 14.7).
+        crc = (zlib.crc32(before) ^ stun.FINGERPRINT_XOR) & 0xFFFFFFFF
+        return before + _FINGERPRINT_HEADER + crc.to_bytes(4, "big"), transaction_id
 
     def answer(self, data: bytes) -> Answer | None:
         try:
