@@ -33,6 +33,7 @@ from probe.observations import (
     QuicFacts,
     ReflectFacts,
     StunFacts,
+    TlsFacts,
     TurnFacts,
     VersionPing,
 )
@@ -125,6 +126,8 @@ def diagnose(controls: Sequence[TargetResult], targets: Sequence[TargetResult],
     for t in targets:
         if measured is not None and t.platform is not None and is_stun(t):
             t = measured.explain(t)
+        elif measured is not None and t.platform is not None and _scheme(t) in ("tls", "https"):
+            t = measured.explain_name(t)
         if _silent_call_path(t) and "measured against the reflector" not in t.detail:
             t = _diagnosed(t, udp, targets)
         out.append(t)
@@ -160,22 +163,48 @@ class Reflected:
     address: str
     flows: dict[tuple[int, str], TargetResult]
     control_ports: frozenset[int]
+    names: dict[str, TargetResult]  # TLS handshakes with the reflector, by the name they sent
 
     @classmethod
     def of(cls, reflector: Sequence[TargetResult]) -> Reflected | None:
-        if not reflector:
+        udp = [t for t in reflector if "transport=tls" not in t.url]
+        handshakes = [t for t in reflector if "transport=tls" in t.url]
+        if not udp and not handshakes:
             return None
-        flows = {_port_shape(t): t for t in reflector}
-        controls = frozenset(_port_shape(t)[0] for t in reflector
+        flows = {_port_shape(t): t for t in udp}
+        controls = frozenset(_port_shape(t)[0] for t in udp
                              if (t.name or "").startswith("reflector control"))
         address = reflector[0].url.partition("://")[2].split("?")[0].rsplit(":", 1)[0]
-        return cls(address, flows, controls)
+        names = {name: t for t in handshakes if (name := _sni(t)) is not None}
+        return cls(address, flows, controls, names)
+
+    def explain_name(self, t: TargetResult) -> TargetResult:
+        """A platform's TLS target that failed, in the light of the same name sent to the
+        reflector: cut there too, the name is filtered wherever it goes; passing there, what
+        blocks the platform is its addresses, not the name."""
+        name = (t.phases.get("tls") or {}).get("sni") or t.url.partition("://")[2].split(
+            "/")[0].rsplit(":", 1)[0]
+        there = self.names.get(str(name))
+        if t.status == "ok" or there is None:
+            return t
+        where = f"measured against the reflector at {self.address}"
+        if there.reason == "tls.sni_filtered":
+            words = (f"{where}: a handshake naming {name} is cut there too, while the harmless "
+                     f"name passes: the name is filtered wherever it goes")
+        elif there.status == "ok":
+            words = (f"{where}: a handshake naming {name} passes there: the name alone is not "
+                     f"blocked; the block is tied to the platform's addresses")
+        else:
+            return t
+        return t.model_copy(update={"detail": join(words, t.detail)})
 
     def finding(self, port: int | None) -> tuple[str | None, str] | None:
         """(a refined reason or None, words) for a call target on `port` (or any call port)."""
         where = f"measured against the reflector at {self.address}"
         answered = {key: bool(stun_answered(f) or _reflect_answered(f))
                     for key, f in self.flows.items()}
+        if not answered:
+            return None
         if not any(answered.values()):
             return None, (f"{where}: nothing answers on any port or shape: the reflector's "
                           f"address is blocked (or it is down): pick another reflector; "
@@ -212,6 +241,15 @@ class Reflected:
         if reason == "udp.stun_filtered" and t.reason == "udp.timeout":
             update["reason"] = reason
         return t.model_copy(update=update)
+
+
+def _sni(t: TargetResult) -> str | None:
+    for sample in t.observation.samples:
+        tls = sample.get(TlsFacts)
+        if tls is not None and tls.sni:
+            return tls.sni
+    name = t.name or ""
+    return name.removeprefix("reflector tls ") if name.startswith("reflector tls ") else None
 
 
 def _reflect_answered(t: TargetResult) -> bool:

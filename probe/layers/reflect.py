@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 from probe.catalog import Job
-from probe.failures import CUTOFF, classify_udp_error
-from probe.layers import Context, Layer
+from probe.failures import CUTOFF, UNTRUSTED_CERTIFICATE, classify_udp_error
+from probe.layers import Context, Layer, tls
 from probe.layers.callflow import run_flow
 from probe.layers.dns import resolve
 from probe.layers.stun import FRESH, SLACK_S, flow_facts
-from probe.observations import ReflectFacts, Sample
+from probe.observations import Facts, Observation, ReflectFacts, Sample, TlsFacts
 from probe.wire.echo import PUBLIC_KEY, EchoFlow, EchoReply, Shape
 from probe.wire.flow import CallPlan
 
@@ -55,6 +55,8 @@ def budget(job: Job) -> float:
 
 
 async def measure(job: Job, ctx: Context) -> Sample:
+    if job.endpoint.query.get("transport") == "tls":
+        return await measure_tls(job, ctx)
     sample = Sample()
     address = await resolve(job, ctx, sample)
     if address is None:
@@ -112,4 +114,38 @@ def _main_flow_received(replies: list[EchoReply], sent: int) -> int | None:
     return min(max(counts), sent) if counts else None
 
 
-LAYER = Layer(measure=measure, budget=budget, one_exchange=lambda job: True)
+# --- TLS: the platform's name on an address nobody else uses ---------------------------------
+
+
+async def measure_tls(job: Job, ctx: Context) -> Sample:
+    """A TLS handshake with the reflector naming a platform (`sni:`), after the harmless-name
+    control to the same address and port (the tls layer's): a name cut here is filtered
+    wherever it goes; a name that passes here is not what blocks the platform. The reflector's
+    self-signed certificate is taken when its key is the one the catalog pins."""
+    sample = Sample()
+    wire = await tls.open_tls(job, ctx, sample, verify=False)
+    if wire is None:
+        return sample
+    wire.abort()
+    pinned = ctx.settings.reflector.fingerprint if ctx.settings.reflector else None
+    facts = sample.get(TlsFacts)
+    if pinned and facts is not None and facts.spki_sha256 != pinned:
+        sample.add(facts.model_copy(update={
+            "ok": False, "failure": UNTRUSTED_CERTIFICATE,
+            "error": f"the certificate's key ({facts.spki_sha256}) is not the reflector's "
+                     f"pinned one: something else answers for it (interception?)"}))
+    return sample
+
+
+def budget_of(job: Job) -> float:
+    return tls.budget(job) if job.endpoint.query.get("transport") == "tls" else budget(job)
+
+
+async def diagnose(job: Job, ctx: Context, observation: Observation) -> list[Facts]:
+    if job.endpoint.query.get("transport") == "tls":
+        return await tls.diagnose(job, ctx, observation)
+    return []
+
+
+LAYER = Layer(measure=measure, budget=budget_of, diagnose=diagnose,
+              one_exchange=lambda job: job.endpoint.query.get("transport") != "tls")

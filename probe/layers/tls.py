@@ -427,9 +427,10 @@ def budget(job: Job) -> float:
 
 
 async def open_tls(
-    job: Job, ctx: Context, sample: Sample, alpn: tuple[str, ...] = ()
+    job: Job, ctx: Context, sample: Sample, alpn: tuple[str, ...] = (), *, verify: bool = True
 ) -> Wire | None:
-    """dns -> tcp (beside the control's) -> tls for a target; the open Wire, or None."""
+    """dns -> tcp (beside the control's) -> tls for a target; the open Wire, or None. Without
+    `verify` any certificate is taken (the caller pins what it expects)."""
     address = await resolve(job, ctx, sample)
     if address is None:
         return None
@@ -439,7 +440,7 @@ async def open_tls(
     if sock is None:
         return None
     await await_control(control)
-    context = ctx.ssl_context(job.ca_files, alpn=alpn)
+    context = ctx.ssl_context(job.ca_files, alpn=alpn, verify=verify)
     return await handshake(job, ctx, sample, sock, context, target_sni(job))
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from probe import catalog
 from probe.layers.reflect import _main_flow_received
-from probe.observations import ReflectFacts
+from probe.mock.tls import TLSServer
+from probe.observations import ReflectFacts, TlsFacts
 from probe.reflect.server import Reflector, load_certificate
 from probe.results import Run, read_run
 from probe.runner import Runner
@@ -83,3 +85,58 @@ def test_how_many_of_the_flow_reached_the_reflector() -> None:
     assert _main_flow_received([reply(101, 15)], 100) == 13  # only the second reply came back
     assert _main_flow_received([reply(100, 14), reply(102, 16)], 100) == 13
     assert _main_flow_received([], 100) is None
+
+
+def _name_run(tmp_path: Path, test_ca: Any, ca_file: str, pin: str | None) -> Run:
+    """A platform whose name is reset at its own server (an SNI filter by address) and the
+    same name sent to the reflector's TLS port, its key pinned as `pin` (None: the real one)."""
+
+    async def main() -> Run:
+        certificate = load_certificate(None, None)
+        reflector = Reflector(["127.0.0.1"], [0, 0], [0], certificate=certificate)
+        server = TLSServer("ok", ca=test_ca, name="blocked.test",
+                           sni_behaviours={"blocked.test": "reset_after_hello"})
+        async with reflector:
+            await server.start()
+            try:
+                call, control = reflector.udp_bound
+                document = {"version": 1, "settings": {
+                    "timeout": "1s", "attempts": 1, "control_sni": "control.test",
+                    "reflector": {"address": "127.0.0.1", "udp_ports": [call],
+                                  "control_port": control, "duration": "0.3s",
+                                  "shapes": ["random"], "tls_port": reflector.tcp_bound[0],
+                                  "fingerprint": pin or certificate.spki_sha256()}},
+                    "platforms": {"p": {"features": {"messaging": [
+                        {"url": f"tls://blocked.test:{server.port}", "address": "127.0.0.1",
+                         "ca_file": ca_file}]}}}}
+                runner = Runner(loaded=catalog.loads(json.dumps(document)))
+                await asyncio.wait_for(runner.run(), 30)
+            finally:
+                await server.stop()
+            return runner.finish()
+
+    return asyncio.run(main())
+
+
+def test_the_platforms_name_sent_to_the_reflector(tmp_path: Path, test_ca: Any,
+                                                  ca_file: str) -> None:
+    run = _name_run(tmp_path, test_ca, ca_file, None)
+    [handshake] = [t for t in run.reflector if "transport=tls" in t.url]
+    assert handshake.name == "reflector tls blocked.test"
+    assert (handshake.status, handshake.reason) == ("ok", "ok"), handshake.detail
+    tls = handshake.observation.samples[0].get(TlsFacts)
+    assert tls is not None and tls.sni == "blocked.test"
+    [target] = run.targets
+    assert target.status == "blocked"
+    # only the platform's server resets the name: the name passes on another address
+    assert "a handshake naming blocked.test passes there" in target.detail
+
+
+def test_a_reflector_whose_key_is_not_the_pinned_one(tmp_path: Path, test_ca: Any,
+                                                     ca_file: str) -> None:
+    run = _name_run(tmp_path, test_ca, ca_file, "ab" * 32)
+    [handshake] = [t for t in run.reflector if "transport=tls" in t.url]
+    assert handshake.reason == "tls.untrusted"
+    assert "not the reflector's pinned one" in handshake.detail
+    [target] = run.targets  # an unknown answer on the reflector explains nothing
+    assert "passes there" not in target.detail

@@ -26,14 +26,15 @@ def _say(message: dict[str, Any]) -> None:
 
 
 class Reflect:
-    """`probe reflect` as one of the lab's servers (kind "reflect"): options `udp_ports`."""
+    """`probe reflect` as one of the lab's servers (kind "reflect"): options `udp_ports` and
+    `tcp_ports` (TLS)."""
 
     BEHAVIOURS = ("ok",)
 
-    def __init__(self, host: str, udp_ports: list[int]) -> None:
+    def __init__(self, host: str, udp_ports: list[int], tcp_ports: list[int]) -> None:
         from probe.reflect.server import Reflector, load_certificate
 
-        self.reflector = Reflector([host], udp_ports, [],
+        self.reflector = Reflector([host], udp_ports, tcp_ports,
                                    certificate=load_certificate(None, None))
         self.behaviour = "ok"
 
@@ -50,7 +51,9 @@ class Reflect:
 
 def _make(entry: dict[str, Any], ca: Any) -> Any:
     if entry["kind"] == "reflect":
-        return Reflect(entry["host"], list(entry.get("options", {}).get("udp_ports", [0])))
+        options = entry.get("options", {})
+        return Reflect(entry["host"], list(options.get("udp_ports", [0])),
+                       list(options.get("tcp_ports", [])))
     module_name, class_name = SERVERS[entry["kind"]]
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(entry.get("behaviour", "ok"), host=entry["host"], port=int(entry.get("port", 0)),

@@ -1,7 +1,8 @@
 """Lab: `probe reflect` in the server namespace, and each calls technique of issue 16 named by
 the reflector's differential (issue 20): STUN classified on any port, a call port blocked, flows
-frozen after 25 packets, the platform's own address targeted, the reflector itself unreachable.
-The volunteer's report says each diagnosis was measured against the reflector."""
+frozen after 25 packets, the platform's own address targeted, the reflector itself unreachable;
+and the platform's TLS name sent to the reflector: filtered wherever it goes, or only on the
+platform's addresses. The volunteer's report says each diagnosis was measured against it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from scenario import CONTROL_IP, Lab, MakeLab, control, expect_clean_baseline, s
 pytestmark = pytest.mark.lab
 
 REFLECTOR = SERVER_EXTRA[0]  # an address nobody else uses: the research team's reflector
-CALL_PORT, CONTROL_PORT = 3478, 40000
+CALL_PORT, CONTROL_PORT, TLS_PORT = 3478, 40000, 443
+NAME = "chat.lab.test"
 MEASURED = f"measured against the reflector at {REFLECTOR}"
 
 
@@ -23,18 +25,22 @@ MEASURED = f"measured against the reflector at {REFLECTOR}"
 def lab(make_lab: MakeLab) -> Iterator[Lab]:
     servers = [
         server("voice", "stun", port=CALL_PORT),  # the platform's call server, on the call port
-        server("reflector", "reflect", host=REFLECTOR, udp_ports=[CALL_PORT, CONTROL_PORT]),
+        server("reflector", "reflect", host=REFLECTOR, udp_ports=[CALL_PORT, CONTROL_PORT],
+               tcp_ports=[TLS_PORT]),
+        server("chat", "tls", name=NAME),  # the platform's chat server, by name
         server("stunctl", "stun", host=CONTROL_IP),
     ]
 
     def targets(ports: dict[str, int]) -> list[dict[str, Any]]:
         return [target("voice", f"stun://{SERVER_IP}:{CALL_PORT}", feature="calls",
                        call={"duration": "1.5s"}),
+                target("chat", f"tls://{NAME}:{ports['chat']}", address=SERVER_IP,
+                       feature="messaging"),
                 control("stunctl", f"stun://{CONTROL_IP}:{ports['stunctl']}")]
 
     made = make_lab(servers, targets, reflector={
         "address": REFLECTOR, "udp_ports": [CALL_PORT], "control_port": CONTROL_PORT,
-        "duration": "1.5s", "shapes": ["stun", "random"]})
+        "duration": "1.5s", "shapes": ["stun", "random"], "tls_port": TLS_PORT})
     try:
         yield made
     finally:
@@ -43,7 +49,8 @@ def lab(make_lab: MakeLab) -> Iterator[Lab]:
 
 def _voice(lab: Lab, nft: list[str]) -> dict[str, Any]:
     run = lab.run(nft=nft)
-    assert len(run.result["reflector"]) == 4, run.result["reflector"]  # 2 shapes x 2 ports
+    flows = [f for f in run.result["reflector"] if "transport=tls" not in f["url"]]
+    assert len(flows) == 4, run.result["reflector"]  # 2 shapes x 2 ports
     return dict(run.target("voice"))
 
 
@@ -56,7 +63,8 @@ def test_baseline_every_reflector_flow_is_ok(lab: Lab) -> None:
     expect_clean_baseline(lab)
     assert lab.baseline is not None
     flows = lab.baseline.result["reflector"]
-    assert [(f["status"], f["reason"]) for f in flows] == [("ok", "ok")] * 4, flows
+    assert [(f["status"], f["reason"]) for f in flows] == [("ok", "ok")] * 5, flows
+    assert flows[-1]["name"] == f"reflector tls {NAME}", flows
 
 
 def test_stun_classified_is_measured(lab: Lab) -> None:
@@ -89,3 +97,20 @@ def test_an_unreachable_reflector_says_pick_another(lab: Lab) -> None:
     voice = _voice(lab, [f"ip daddr {REFLECTOR} drop",
                          f"ip daddr {SERVER_IP} meta l4proto udp drop"])
     _has(voice, MEASURED, "pick another reflector")
+
+
+def test_a_name_filtered_everywhere_is_cut_at_the_reflector_too(lab: Lab) -> None:
+    # DPI on the ClientHello wherever it goes (iptables' string match, as in test_lab_sni.py)
+    run = lab.run(iptables=[["-p", "tcp", "-m", "string", "--algo", "bm", "--string", NAME,
+                             "-j", "DROP"]])
+    chat = run.target("chat")
+    assert (chat["status"], chat["reason"]) == ("blocked", "tls.sni_filtered"), chat
+    _has(chat, MEASURED, f"a handshake naming {NAME} is cut there too")
+
+
+def test_a_block_on_the_platforms_addresses_lets_the_name_pass_elsewhere(lab: Lab) -> None:
+    run = lab.run(nft=[f"ip daddr {SERVER_IP} tcp dport {lab.ports['chat']} drop"])
+    chat = run.target("chat")
+    assert chat["status"] == "blocked", chat
+    _has(chat, MEASURED, f"a handshake naming {NAME} passes there",
+         "the block is tied to the platform's addresses")

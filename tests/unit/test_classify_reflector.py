@@ -97,3 +97,42 @@ def test_a_call_target_that_works_is_left_alone() -> None:
     flows = {(CALL_PORT, "stun"): DEAD, (CALL_PORT, "random"): OK}
     result = diagnosed(flows, obs(sample(stun=flow(150))))
     assert result.status == "ok" and "reflector" not in result.detail
+
+
+def name_diagnosed(there: Any) -> TargetResult:
+    """A platform's TLS target reset after its ClientHello (no control), and the same name sent
+    to the reflector's TLS port with the result `there`."""
+    handshake = judge_subject(
+        Subject(None, "reflector", f"reflect://{REFLECTOR}:443?transport=tls",
+                name="reflector tls chat.example"), there)
+    up = judge_subject(Subject(None, None, "tcp://192.0.2.1:443"),
+                       obs(sample(tcp=ph(address="192.0.2.1", port=443))))
+    reset = obs(sample(tcp=ph(address="203.0.113.9", port=443),
+                       tls=ph(ok=False, failure="connection_reset", sni="chat.example")))
+    target = judge_subject(Subject("app", "messaging", "tls://chat.example:443"), reset)
+    _, [result], _, _ = classify.judge_groups(classify.judge_network([up]), [target], {}, {},
+                                              [handshake])
+    return result
+
+
+def test_the_name_cut_at_the_reflector_too_is_filtered_wherever_it_goes() -> None:
+    there = obs(sample(tcp=ph(address=REFLECTOR, port=443),
+                       tls=ph(ok=False, failure="connection_reset", sni="chat.example")),
+                sni_control=ph(sni="example.com", reply="server_hello"))
+    result = name_diagnosed(there)
+    assert result.status == "blocked"
+    assert "a handshake naming chat.example is cut there too" in result.detail
+    assert f"measured against the reflector at {REFLECTOR}" in result.detail
+
+
+def test_the_name_passing_at_the_reflector_points_at_the_addresses() -> None:
+    there = obs(sample(tcp=ph(address=REFLECTOR, port=443),
+                       tls=ph(sni="chat.example", version="TLSv1.3")))
+    result = name_diagnosed(there)
+    assert "a handshake naming chat.example passes there" in result.detail
+    assert "the block is tied to the platform's addresses" in result.detail
+
+
+def test_an_unknown_answer_at_the_reflector_explains_nothing() -> None:
+    there = obs(sample(tcp=ph(ok=False, failure="timeout", address=REFLECTOR, port=443)))
+    assert "reflector" not in name_diagnosed(there).detail
