@@ -14,6 +14,7 @@ transaction ids.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import struct
@@ -506,12 +507,29 @@ def _decode_value(code: int, value: bytes, transaction_id: bytes) -> Attribute:
     raise StunCodecError(f"attribute {code:#06x} cannot be decoded here")
 
 
+# The stun layer decodes a flow's first answer again once the flow is over (for the mapped
+# address), after the flow decoded it to match it: the last few hundred small messages are
+# kept, the same frozen Message for the same bytes, so the second decode is a look-up.
+_RECENT_BYTES = 548  # the answers a flow gets; larger ones, or not bytes, are always decoded
+
+
 def decode_message(data: bytes) -> Message:
     """One whole STUN message (a UDP datagram, or a TCP frame cut by `message_length`).
 
     Raises StunCodecError for anything that is not exactly one well-formed message: wrong
     cookie, bad lengths, bytes after the message, a FINGERPRINT that is wrong or not last.
     """
+    if type(data) is bytes and len(data) <= _RECENT_BYTES:
+        return _decode_recent(data)
+    return _decode(data)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_recent(data: bytes) -> Message:
+    return _decode(data)  # a StunCodecError is not kept: raised again at each decode
+
+
+def _decode(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_SIZE:
         raise StunCodecError(f"{len(data)} bytes: longer than any STUN message")
     data = bytes(data)  # a memoryview or bytearray from a socket: slices below are then bytes
