@@ -439,7 +439,11 @@ async def open_tls(
     sock = await connect(job, ctx, sample, address, port)
     if sock is None:
         return None
-    await await_control(control)
+    try:
+        await await_control(control)
+    except BaseException:  # cancelled (a deadline, Ctrl-C) while the control went on
+        sock.close()
+        raise
     context = ctx.ssl_context(job.ca_files, alpn=alpn, verify=verify)
     return await handshake(job, ctx, sample, sock, context, target_sni(job))
 

@@ -4,11 +4,14 @@ overwritten without --force and never left half-written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,37 +20,68 @@ import pytest
 
 from probe.mock.certs import TestCA
 from probe.mock.hostile import Background, HostileServer
-from probe.mock.tcp import TCPServer
 from probe.results import write_atomic
 
 NAME = "mock.test"
 FAST = 3  # targets that finish at once; the rest wait out a 5 s timeout, three times
 SLOW = 40
+CONCURRENCY = FAST + 1
 # Warnings that mean a task, socket or file was left behind, or an error escaped.
 UNCLEAN = ("Traceback", "Task was destroyed", "unclosed", "ResourceWarning", "Exception ignored",
            "never retrieved", "was never awaited")
 
 
+class HoldingListener:
+    """A loopback listener that accepts every connection and never says a word (a TLS
+    handshake to it waits out its timeout), counting what it accepted: a readiness signal."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+        for conn in self.held:
+            conn.close()
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, HostileServer]]:
-    """A catalog of FAST quick https targets then SLOW silent tcp ones, and the quick server
-    (whose `clients` tells when the quick targets are done)."""
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, HoldingListener]]:
+    """A catalog of FAST quick https targets then SLOW tls ones that a listener holds silent
+    (whose count of connections tells when the quick targets are done)."""
     folder = tmp_path_factory.mktemp("interrupts")
     ca = TestCA()
     ca_file = str(ca.write_ca(folder / "ca.pem"))
-    quick = HostileServer("echo_address", ca=ca, name=NAME)
-    with Background(quick, TCPServer("silent")) as (quick, silent):
+    holding = HoldingListener()
+    with Background(HostileServer("echo_address", ca=ca, name=NAME)) as (quick,):
         targets = [{"url": f"https://{NAME}:{quick.port}/", "address": "127.0.0.1",
                     "name": f"quick{i}"} for i in range(FAST)]
-        targets += [{"url": f"tcp://127.0.0.1:{silent.port}", "name": f"slow{i}"}
-                    for i in range(SLOW)]
+        targets += [{"url": f"tls://{NAME}:{holding.port}", "address": "127.0.0.1",
+                     "name": f"slow{i}"} for i in range(SLOW)]
         document = {"version": 1,
-                    "settings": {"timeout": "5s", "attempts": 3, "concurrency": 4,
+                    "settings": {"timeout": "5s", "attempts": 3, "concurrency": CONCURRENCY,
                                  "ca_file": ca_file},
                     "platforms": {"p": {"features": {"f": targets}}}}
         catalog = folder / "slow.yaml"
         catalog.write_text(json.dumps(document))
-        yield catalog, quick
+        try:
+            yield catalog, holding
+        finally:
+            holding.close()
 
 
 def start_probe(catalog: Path, output: Path) -> subprocess.Popen[str]:
@@ -72,22 +106,25 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str],
         time.sleep(0.05)
 
 
-def quick_done(quick: HostileServer, before: int) -> Callable[[], bool]:
-    # One control handshake per address:port, then one connection per quick target.
-    return lambda: len(quick.clients) - before >= FAST + 1
+def quick_done(holding: HoldingListener) -> Callable[[], bool]:
+    """True once this run's quick targets are judged. A worker takes its next target only after
+    judging the last, and a slow one outlasts the test, so once CONCURRENCY slow targets have
+    connected (besides the one control handshake to their address) every quick one is done."""
+    before = len(holding.held)
+    return lambda: len(holding.held) - before >= CONCURRENCY + 1
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
 def test_signal_keeps_finished_targets_and_exits_cleanly(
-    world: tuple[Path, HostileServer], tmp_path: Path, suffix: str, signum: int, code: int
+    world: tuple[Path, HoldingListener], tmp_path: Path, suffix: str, signum: int, code: int
 ) -> None:
-    catalog, quick = world
+    catalog, holding = world
     output = tmp_path / f"out{suffix}"
+    done = quick_done(holding)
     proc = start_probe(catalog, output)
-    wait_for(quick_done(quick, len(quick.clients)), proc)
-    time.sleep(1.0)  # the quick targets' verdicts follow their last byte (slow ones take 15 s)
+    wait_for(done, proc)
     sent = time.monotonic()
     proc.send_signal(signum)
     try:
@@ -126,7 +163,7 @@ def test_signal_keeps_finished_targets_and_exits_cleanly(
 
 
 def test_kill_9_leaves_jsonl_valid_up_to_its_last_full_line(
-    world: tuple[Path, HostileServer], tmp_path: Path
+    world: tuple[Path, HoldingListener], tmp_path: Path
 ) -> None:
     catalog, _ = world
     output = tmp_path / "out.jsonl"
@@ -151,7 +188,8 @@ def test_kill_9_leaves_jsonl_valid_up_to_its_last_full_line(
     assert read_run(output).interrupted
 
 
-def test_existing_output_needs_force(world: tuple[Path, HostileServer], tmp_path: Path) -> None:
+def test_existing_output_needs_force(world: tuple[Path, HoldingListener],
+                                     tmp_path: Path) -> None:
     catalog, _ = world
     output = tmp_path / "kept.json"
     output.write_text("precious")
