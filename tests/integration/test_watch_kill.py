@@ -156,7 +156,7 @@ def slow_catalog(fast_port: int, silent_port: int) -> str:
     # a TLS handshake to a listener that never speaks waits the whole timeout
     return f"""
 version: 1
-settings: {{timeout: 3s, attempts: 1}}
+settings: {{timeout: 3s, attempts: 1, concurrency: 1}}
 platforms:
   demo:
     features:
@@ -173,18 +173,24 @@ def test_sigint_mid_run_keeps_the_run_marked_interrupted(
     path = tmp_path / "probes.yaml"
     path.write_text(slow_catalog(listener.port, silent.getsockname()[1]))
     db = tmp_path / "h.sqlite"
+    held: socket.socket | None = None
     try:
         watcher = subprocess.Popen(
             probe_cmd("watch", "-c", str(path), "--every", "1m", "--db", str(db)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(tmp_path))
         assert watcher.stderr is not None
         watcher.stderr.readline()  # "a run every ..." : the loop has started
-        time.sleep(1.0)  # tcp target done, the tls one still waiting for a ServerHello
+        # One target at a time, in catalog order: the tls target's first connection (its SNI
+        # control's) comes once the tcp one is judged; held open, it waits for a ServerHello.
+        silent.settimeout(30)
+        held = silent.accept()[0]
         started = time.monotonic()
         watcher.send_signal(signal.SIGINT)
         out, _ = watcher.communicate(timeout=30)
     finally:
         silent.close()
+        if held is not None:
+            held.close()
     assert watcher.returncode == 130
     assert time.monotonic() - started < 2.5, "the run was cancelled, not waited for"
     assert "(interrupted)" in out
