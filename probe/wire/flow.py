@@ -186,6 +186,7 @@ class StunShape:
         if method not in (stun.Method.BINDING, stun.Method.ALLOCATE):
             raise ValueError(f"StunShape sends Binding or Allocate requests, not {method:#x}")
         self.method = method
+        self._answered = False  # whether answer() has recognized an answer yet
 
     def request(self, seq: int, size: int) -> tuple[bytes, bytes]:
         transaction_id = stun.new_transaction_id()
@@ -196,15 +197,25 @@ class StunShape:
         return before + _FINGERPRINT_HEADER + crc.to_bytes(4, "big"), transaction_id
 
     def answer(self, data: bytes) -> Answer | None:
+        # Checked alike either way. Decoded whole until the first answer: the stun layer then
+        # finds that one among decode_message's recent messages when it reads the mapped
+        # address; summarized after (half the CPU: a call flow matches 50 answers a second).
         try:
-            message = stun.decode_message(data)
+            if self._answered:
+                message = stun.summarize(data)
+            else:
+                whole = stun.decode_message(data)
+                error = whole.find(stun.ErrorCode)
+                message = stun.Summary(whole.method, whole.cls, whole.transaction_id,
+                                       error.code if error is not None else None)
         except stun.StunCodecError:
             return None
         if not message.is_response or message.method != self.method:
             return None
+        self._answered = True
         if message.cls == stun.Class.ERROR:
-            error = message.find(stun.ErrorCode)
-            return Answer(message.transaction_id, error.code if error is not None else 0)
+            code = message.error_code
+            return Answer(message.transaction_id, code if code is not None else 0)
         return Answer(message.transaction_id)
 
 
