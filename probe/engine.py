@@ -6,8 +6,10 @@ business. A fixed pool of `concurrency` workers pulls jobs from one iterator, so
 targets cost about ceil(N / concurrency) timeouts and memory stays flat however long the
 catalog is. Every sample runs under the layer's deadline (`Layer.budget`), so no layer can hold
 a worker past it. When every control's first sample has failed and none worked (no network),
-failing samples are not repeated and no diagnosis is taken: the verdicts would not change. Each sample's server-supplied text is scrubbed of the user's address before
-it is kept (probe/scrub.py). Cancelling the task that awaits `run()` stops every worker; the
+failing samples are not repeated and no diagnosis is taken: the verdicts would not change;
+nor are a target's samples once the caller's `settled` says they settle its verdict. Each
+sample's server-supplied text is scrubbed of the user's address before it is kept
+(probe/scrub.py). Cancelling the task that awaits `run()` stops every worker; the
 observations finished so far have already been handed to `on_done`.
 """
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 OnStart = Callable[["Job"], None]
 OnDone = Callable[["Job", Observation], None]
+Settled = Callable[["Job", Observation], bool]  # the samples so far settle the verdict
 
 
 def sample_budget(job: Job, layer: Layer | None) -> float:
@@ -50,10 +53,11 @@ def _layer(layers: Mapping[str, Layer], scheme: str) -> Layer | None:
         return None
 
 
-async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = None
-                  ) -> Observation:
+async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = None,
+                  settled: Settled | None = None) -> Observation:
     """All samples of one job, one after another (never in parallel: a censor's residual
-    state from one attempt must not be blamed on, or hidden by, a simultaneous one)."""
+    state from one attempt must not be blamed on, or hidden by, a simultaneous one); fewer
+    when `settled` says the verdict cannot change."""
     scheme = job.endpoint.scheme
     layer = _layer(layers if layers is not None else _DEFAULT, scheme)
     observation = Observation()
@@ -78,6 +82,8 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
         # the name did not resolve: one lost lookup is one failed sample, not a silent target.
         if layer.one_exchange(job) and not _failed_at_dns(sample):
             break
+        if settled is not None and settled(job, observation):
+            break  # e.g. a transfer far below its floor: two more windows would change nothing
     steps: list[Facts] = []
     if not any(s.ok for s in observation.samples) and not ctx.network.down:
         if layer.diagnose is not None:
@@ -142,6 +148,7 @@ async def run(
     on_done: OnDone,
     on_start: OnStart | None = None,
     layers: Mapping[str, Layer] | None = None,
+    settled: Settled | None = None,
 ) -> None:
     """Measure every job with at most `concurrency` in flight; report each through `on_done`.
     `layers`: the layer of each scheme (default: the real ones, imported as needed)."""
@@ -152,7 +159,7 @@ async def run(
         for job in queue:  # a shared iterator: each job is taken by exactly one worker
             if on_start:
                 on_start(job)
-            observation = await measure(job, ctx, chosen)
+            observation = await measure(job, ctx, chosen, settled)
             on_done(job, observation)
 
     if ctx.started is None:

@@ -117,13 +117,16 @@ class Runner:
         # seconds each: started early, they overlap the rest instead of trailing it).
         order = sorted(self.jobs, key=lambda j: (not j.is_control, j.call is None))
         try:
-            await engine.run(order, ctx, concurrency=concurrency,
-                             on_done=self.add, on_start=self.on_start)
+            await engine.run(order, ctx, concurrency=concurrency, on_done=self.add,
+                             on_start=self.on_start, settled=self._settled)
         except asyncio.CancelledError:
             self.interrupted = True
             raise
         finally:
             await ctx.aclose()
+
+    def _settled(self, job: Job, observation: Observation) -> bool:
+        return classify.settled(job, observation, self._baseline)
 
     def finish(self) -> Run:
         """The judged run so far, in catalog order; when interrupted, every target not yet

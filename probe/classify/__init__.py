@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from probe.classify import calls
+from probe.classify import calls, quality
 from probe.classify.groups import combine, feature_verdict, judge_features, judge_platforms
 from probe.classify.network import apply_network, judge_network, portal_signs
 from probe.classify.reasons import REASONS, reason_of, sample_reason, status_of
@@ -44,8 +44,8 @@ __all__ = [
     "REASONS", "Baseline", "Finding", "Judged", "Subject", "Verdict", "apply_network",
     "baseline_failure", "combine", "expect_of", "feature_verdict", "judge_features",
     "judge_groups", "judge_network", "judge_platforms", "judge_run", "judge_subject",
-    "judge_target", "portal_signs", "reason_of", "rejudge", "sample_reason", "status_of",
-    "subject_of_job", "subject_of_result", "telling_reason",
+    "judge_target", "portal_signs", "reason_of", "rejudge", "sample_reason", "settled",
+    "status_of", "subject_of_job", "subject_of_result", "telling_reason",
 ]
 
 Judged = tuple[NetworkResult, list[TargetResult], list[FeatureResult], list[PlatformResult]]
@@ -78,6 +78,17 @@ def judge_target(job: Job, observation: Observation, baseline: Baseline | None =
                  thresholds: Thresholds = DEFAULT) -> TargetResult:
     """A target's verdict from its samples, its diagnosis and its baseline (if any)."""
     return judge_subject(subject_of_job(job), observation, baseline, thresholds)
+
+
+def settled(job: Job, observation: Observation, baseline: Baseline | None = None,
+            thresholds: Thresholds = DEFAULT) -> bool:
+    """The samples so far settle the target's verdict, so further ones need not be taken: an
+    https transfer far below its floor is throttled whatever they would show."""
+    if job.endpoint.scheme != "https" or not observation.samples[-1].ok:
+        return False
+    subject = subject_of_job(job)
+    base = baseline.find(subject.key) if baseline is not None else None
+    return quality.throttle_settled(subject, observation, base, thresholds)
 
 
 def judge_groups(network: NetworkResult, targets: Sequence[TargetResult],

@@ -96,22 +96,49 @@ def rtt_rose(now: float | None, before: float | None, th: Thresholds) -> bool:
             and now - before > th.rtt_margin_ms)
 
 
+def _floors(s: Subject, base: TargetResult | None, th: Thresholds
+            ) -> list[tuple[float, str, float]]:
+    """(floor, what, its figure) for each floor a transfer below is throttled: the baseline's
+    (its rate x throttle_ratio), the catalog's expect.min_throughput, else the built-in one."""
+    floors = []
+    before = _baseline_rate(base, th)
+    if before is not None:
+        floors.append((before * th.throttle_ratio, "the baseline's", before))
+    if "min_throughput_bps" in s.expect:
+        expected = s.expect["min_throughput_bps"]
+        floors.append((expected, "expect.min_throughput", expected))
+    if not floors:
+        floors.append((th.min_throughput_bps, "the built-in floor", th.min_throughput_bps))
+    return floors
+
+
+def _measured(obs: Observation, th: Thresholds) -> list[tuple[Sample, Transfer]]:
+    return [(smp, t) for smp in obs.samples
+            if (t := sample_transfer(smp)) is not None and _measurable(smp, t, th)]
+
+
+def throttle_settled(s: Subject, obs: Observation, base: TargetResult | None,
+                     th: Thresholds) -> bool:
+    """A transfer measured far below its floor (under half of it, over a whole measurable
+    transfer): http.throttled whatever further samples would show, so they need not be taken
+    (a throttled 1 MiB transfer is three windows of three timeouts each)."""
+    measured = _measured(obs, th)
+    if not measured:
+        return False
+    floor = max(floor for floor, _, _ in _floors(s, base, th))
+    return max(t.rate_bps for _, t in measured) * 2 < floor
+
+
 def _throughput(s: Subject, obs: Observation, base: TargetResult | None,
                 th: Thresholds) -> list[Finding]:
-    measured = [(smp, t) for smp in obs.samples
-                if (t := sample_transfer(smp)) is not None and _measurable(smp, t, th)]
+    measured = _measured(obs, th)
     if not measured:
         return []
     rate = median(t.rate_bps for _, t in measured)
     assert rate is not None
-    before = _baseline_rate(base, th)
-    why = []
-    if before is not None and rate < before * th.throttle_ratio:
-        why.append(f"{before / rate:.0f}x below the baseline's {rate_words(before)}")
-    if "min_throughput_bps" in s.expect and rate < s.expect["min_throughput_bps"]:
-        why.append(f"below expect.min_throughput {rate_words(s.expect['min_throughput_bps'])}")
-    if before is None and "min_throughput_bps" not in s.expect and rate < th.min_throughput_bps:
-        why.append(f"below the built-in floor {rate_words(th.min_throughput_bps)}")
+    why = [f"{figure / rate:.0f}x below {what} {rate_words(figure)}" if what == "the baseline's"
+           else f"below {what} {rate_words(figure)}"
+           for floor, what, figure in _floors(s, base, th) if rate < floor]
     if not why:
         return []
     took = median(t.transfer_ms for _, t in measured) or 0.0

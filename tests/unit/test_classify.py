@@ -118,6 +118,32 @@ def test_throughput_against_expect_and_builtin_floor() -> None:
     assert judge(WEB, obs(*[https(128e3, 200_000)] * 3)).reason == "http.throttled"
 
 
+def settled(rate: float, size: int, baseline: Observation | None = None,
+            expect: dict[str, float] | None = None) -> bool:
+    """classify.settled after one sample of `rate`, as the runner asks after each sample."""
+    target = {"url": WEB, **({"expect": {"min_throughput": f"{expect:.0f}bit/s"}} if expect else {})}
+    document = {"version": 1, "platforms": {"app": {"features": {"f": [target]}}}}
+    [job] = catalog.loads(json.dumps(document)).jobs()
+    base = None
+    if baseline is not None:
+        base = classify.Baseline.of(run_of([judge_subject(Subject("app", "f", WEB), baseline)]))
+    return classify.settled(job, obs(https(rate, size)), base)
+
+
+def test_a_transfer_far_below_its_floor_settles_the_verdict() -> None:
+    # the built-in floor is 200 kbit/s: 90 kbit/s is under half of it, 128 kbit/s is not
+    assert settled(90e3, 200_000)
+    assert not settled(128e3, 200_000)  # throttled, but the next samples may say otherwise
+    assert not settled(5e6, 4 << 20)
+    # the highest floor counts: 1 Mbit/s expected, 128 kbit/s measured
+    assert settled(128e3, 200_000, expect=1e6)
+    # a baseline of 20 Mbit/s: its floor is 5 Mbit/s; 2 Mbit/s is far below, 3 Mbit/s is not
+    fast = obs(*[https(20e6, 8 << 20)] * 3)
+    assert settled(2e6, 1 << 20, fast) and not settled(3e6, 1 << 20, fast)
+    # a transfer of a few round trips measures no rate: nothing settled
+    assert not settled(50e3, 600)
+
+
 def test_throttled_detail_names_rate_baseline_and_rtt() -> None:
     result = judge(WEB, obs(*[https(140e3, 64_000, rtt=42.0)] * 3),
                    obs(*[https(20e6, 8 << 20, rtt=40.0)] * 3))

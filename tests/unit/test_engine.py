@@ -115,6 +115,30 @@ def test_one_exchange_layers_are_called_once_and_diagnosis_follows_failures(
     assert step is not None and step.connected == ["192.0.2.9"]
 
 
+def test_samples_stop_once_the_caller_says_the_verdict_is_settled(
+        make_job: Callable[..., Job]) -> None:
+    async def works(job: Job, ctx: Context) -> Sample:
+        return Sample(phases={"tcp": TcpFacts(ok=True, ms=1.0)})
+
+    seen: list[int] = []
+
+    def settled(job: Job, observation: Observation) -> bool:
+        seen.append(len(observation.samples))
+        return len(observation.samples) == 2
+
+    async def main() -> list[Observation]:
+        done: list[Observation] = []
+        await engine.run(jobs(1, make_job, attempts=5),
+                         Context(settings=_settings(make_job("tcp://127.0.0.1:1"))),
+                         concurrency=1, on_done=lambda j, o: done.append(o),
+                         layers={"tcp": Layer(measure=works, budget=lambda j: 1.0)},
+                         settled=settled)
+        return done
+
+    [observation] = asyncio.run(main())
+    assert seen == [1, 2] and len(observation.samples) == 2
+
+
 def test_cancelling_the_run_stops_every_worker_and_keeps_what_finished(
         make_job: Callable[..., Job]) -> None:
     gate = Gate()
