@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import click
 import typer
@@ -44,24 +44,24 @@ app = typer.Typer(
 
 # --- options shared by run, watch and serve (and the read commands) --------------------------
 
-CatalogOpt = Annotated[Optional[Path], typer.Option(
+CatalogOpt = Annotated[Path | None, typer.Option(
     "--catalog", "-c", help="Catalog file (default ./probes.yaml, else the shipped one).")]
-ProfileOpt = Annotated[Optional[str], typer.Option(
+ProfileOpt = Annotated[str | None, typer.Option(
     "--profile", help="Country profile overlay: ru | cn | ir | ae, or a file.")]
-OnlyOpt = Annotated[Optional[str], typer.Option(
+OnlyOpt = Annotated[str | None, typer.Option(
     "--only", help="Comma-separated platform ids to test.")]
-TimeoutOpt = Annotated[Optional[str], typer.Option(help="Per-operation timeout, e.g. 3s.")]
-AttemptsOpt = Annotated[Optional[int], typer.Option(help="Samples per target.", min=1)]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="Targets in flight.", min=1)]
+TimeoutOpt = Annotated[str | None, typer.Option(help="Per-operation timeout, e.g. 3s.")]
+AttemptsOpt = Annotated[int | None, typer.Option(help="Samples per target.", min=1)]
+ConcurrencyOpt = Annotated[int | None, typer.Option(help="Targets in flight.", min=1)]
 IncludeIpOpt = Annotated[bool, typer.Option(
     "--include-ip", help="Keep addresses that could identify you.")]
-DbOpt = Annotated[Optional[Path], typer.Option(
+DbOpt = Annotated[Path | None, typer.Option(
     "--db", help="History database (default: the per-user one).")]
-EveryOpt = Annotated[Optional[str], typer.Option(
+EveryOpt = Annotated[str | None, typer.Option(
     "--every", help="Time between run starts: 30s, 5m, 1h.")]
 FormatOpt = Annotated[str, typer.Option(
     "--format", "-f", help="table | summary | json | jsonl | csv | markdown")]
-BaselineOpt = Annotated[Optional[Path], typer.Option(
+BaselineOpt = Annotated[Path | None, typer.Option(
     "--baseline", "-b", help="A saved run to compare against.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 
@@ -211,7 +211,7 @@ def record(db: Path, result: Run) -> None:
 def run(
     catalog: CatalogOpt = None,
     baseline: BaselineOpt = None,
-    output: Annotated[Optional[Path], typer.Option(
+    output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Also write the results here: the format follows -f, else the "
                                "extension (.json, .jsonl as they come, .csv, .md).")] = None,
     fmt: FormatOpt = "table",
@@ -224,10 +224,10 @@ def run(
         "--fail-on", help="Exit 1 on: degraded (default) | blocked | never.")] = "degraded",
     force: ForceOpt = False,
     include_ip: IncludeIpOpt = False,
-    repeat: Annotated[Optional[int], typer.Option(
+    repeat: Annotated[int | None, typer.Option(
         "--repeat", help="Run N times, each kept in the history.", min=1)] = None,
     every: EveryOpt = None,
-    db: Annotated[Optional[Path], typer.Option(
+    db: Annotated[Path | None, typer.Option(
         "--db", help="Append the run(s) to this history database.")] = None,
     details: Annotated[bool, typer.Option(
         "--details", help="The table lists every target, not only those that need a look.")]
@@ -275,7 +275,7 @@ def run(
 @command()
 def report(
     files: Annotated[list[Path], typer.Argument(help="Saved runs (.json or .jsonl).")],
-    baseline: Annotated[Optional[Path], typer.Option(
+    baseline: Annotated[Path | None, typer.Option(
         "--baseline", "-b", help="Judge again against this run.")] = None,
     fmt: FormatOpt = "table",
     details: Annotated[bool, typer.Option(
@@ -315,7 +315,7 @@ def compare(
 
 @command()
 def validate(
-    file: Annotated[Optional[Path], typer.Argument(help="Catalog file.")] = None,
+    file: Annotated[Path | None, typer.Argument(help="Catalog file.")] = None,
     catalog: CatalogOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -359,7 +359,7 @@ def schema() -> None:
 @command()
 def demo(
     fmt: FormatOpt = "table",
-    keep: Annotated[Optional[Path], typer.Option(
+    keep: Annotated[Path | None, typer.Option(
         "--keep", help="Keep the catalog and both runs in this folder.")] = None,
 ) -> None:
     """A censorship demo on loopback: a mock world measured honest, then censored."""
@@ -372,11 +372,11 @@ def demo(
 @command()
 def mock(
     scenario: Annotated[Path, typer.Option("--scenario", "-s", help="The scenario file.")],
-    listen: Annotated[Optional[str], typer.Option(
+    listen: Annotated[str | None, typer.Option(
         "--listen", help="Address to serve on (default: the file's).")] = None,
-    catalog_out: Annotated[Optional[Path], typer.Option(
+    catalog_out: Annotated[Path | None, typer.Option(
         "--catalog-out", help="Write the generated catalog here (default stdout).")] = None,
-    folder: Annotated[Optional[Path], typer.Option(
+    folder: Annotated[Path | None, typer.Option(
         "--dir", help="Folder for the test CA (default temporary).")] = None,
     force: ForceOpt = False,
 ) -> None:
@@ -455,13 +455,13 @@ def watch(
 @command("history")
 def history_command(
     db: DbOpt = None,
-    platform: Annotated[Optional[str], typer.Option(
+    platform: Annotated[str | None, typer.Option(
         "--platform", help="Only this platform.")] = None,
-    feature: Annotated[Optional[str], typer.Option("--feature", help="Only this feature.")]
+    feature: Annotated[str | None, typer.Option("--feature", help="Only this feature.")]
         = None,
-    since: Annotated[Optional[str], typer.Option(
+    since: Annotated[str | None, typer.Option(
         "--since", help="Runs since: 24h, 7d, or a date/time (UTC).")] = None,
-    last: Annotated[Optional[int], typer.Option(
+    last: Annotated[int | None, typer.Option(
         "--last", help="Only the last N runs.", min=1)] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | jsonl")] = "table",
 ) -> None:
@@ -499,7 +499,7 @@ def serve_command(
     listen: Annotated[str, typer.Option(
         "--listen", help="Where to serve /metrics (loopback unless told).")] = "127.0.0.1:9464",
     every: EveryOpt = "5m",
-    db: Annotated[Optional[Path], typer.Option(
+    db: Annotated[Path | None, typer.Option(
         "--db", help="Also append each run to this history.")] = None,
     only: OnlyOpt = None,
     profile: ProfileOpt = None,
@@ -550,12 +550,12 @@ def reflect(
         "--udp-ports", help="UDP ports, e.g. 3478-3481,1400,19302.")] = "3478",
     tcp_ports: Annotated[str, typer.Option(
         "--tcp-ports", help="TCP (TLS) ports, e.g. 443,5222.")] = "",
-    token_file: Annotated[Optional[Path], typer.Option(
+    token_file: Annotated[Path | None, typer.Option(
         "--token-file", help="Answer only requests that carry this shared secret's token.")]
         = None,
-    cert: Annotated[Optional[Path], typer.Option(
+    cert: Annotated[Path | None, typer.Option(
         "--cert", help="TLS certificate (made there at the first start if missing).")] = None,
-    key: Annotated[Optional[Path], typer.Option("--key", help="Its private key.")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="Its private key.")] = None,
     open_stun: Annotated[bool, typer.Option(
         "--open-stun", help="With a token file, still answer plain STUN Binding requests.")]
         = False,

@@ -74,7 +74,6 @@ from probe.wire.flow import Answer
 
 __all__ = [
     "ECHO_ATTRIBUTE",
-    "EchoFlow",
     "FRAME_HEADER",
     "MAX_FRAME_PAYLOAD",
     "PUBLIC_KEY",
@@ -84,6 +83,7 @@ __all__ = [
     "Decoded",
     "DownloadStatus",
     "EchoCodecError",
+    "EchoFlow",
     "EchoReply",
     "EchoRequest",
     "Frame",

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from builders import Facts, judge_subject, obs, ph, run_of
 
 from probe import classify
 from probe.classify import Subject
-from builders import Facts, judge_subject, obs, ph, run_of
 from probe.observations import Observation, Sample
-from probe.results import CatalogRef, NetworkResult, Run, TargetResult
+from probe.results import Run, TargetResult
 
 # --- builders --------------------------------------------------------------------------------
 
@@ -91,11 +91,13 @@ def call(sent: int = 250, answered: int = 250, rtt: float = 60.0, jitter: float 
          fresh: int | None = None) -> Sample:
     """A call-like flow's stun facts (probe/layers/stun.py writes these)."""
     lost = sent - answered
-    facts: dict[str, Any] = dict(
-        sent=sent, answered=answered, lost=lost, loss=lost / sent, late=0, call=True,
-        rate=50.0, size=160, rtt_median_ms=rtt if answered else None, jitter_ms=jitter,
-        loss_bursts=bursts, max_burst=lost if bursts == 1 else min(lost, 3),
-        answered_per_s=per_second or [answered // 5] * 5, pattern=f"+{answered}")
+    facts: dict[str, Any] = {
+        "sent": sent, "answered": answered, "lost": lost, "loss": lost / sent, "late": 0,
+        "call": True, "rate": 50.0, "size": 160, "rtt_median_ms": rtt if answered else None,
+        "jitter_ms": jitter, "loss_bursts": bursts,
+        "max_burst": lost if bursts == 1 else min(lost, 3),
+        "answered_per_s": per_second or [answered // 5] * 5, "pattern": f"+{answered}",
+    }
     if cut_after is not None:
         facts.update(silent_after_packets=cut_after, silent_after_bytes=cut_after * 160,
                      silent_after_s=cut_after / 50, fresh_flow_sent=5 if fresh is not None
@@ -263,7 +265,7 @@ def test_run_technique(name: str) -> None:
     judged_controls = [target(u, o, platform=None, feature=None) for u, o in controls]
     judged = [target(u, o, feature="calls" if i == 0 else "other")
               for i, (u, o) in enumerate(targets)]
-    network, results, features, _ = classify.judge_groups(
+    _, results, features, _ = classify.judge_groups(
         classify.judge_network(judged_controls), judged, {}, {"app": "App"})
     first = results[0]
     assert (first.status, first.reason) == expected, first.detail

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import judge_subject, obs, ph, run_of
 
 from probe import catalog, classify
 from probe.catalog import Job
 from probe.classify import Subject, combine
 from probe.classify.udp import binomial_tail
 from probe.metrics import metrics_of
-from builders import judge_subject, obs, ph, run_of
 from probe.observations import Observation, Sample
-from probe.results import CatalogRef, NetworkResult, Run, TargetResult, read_run
+from probe.results import CatalogRef, Run, TargetResult, read_run
 from probe.thresholds import DEFAULT, Thresholds
 
 IP = "157.240.1.1"

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import dns.flags
-import dns.message
-import dns.rcode
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from probe.classify import dns as C
 from probe.classify.dns import BaselineDns, judge, judge_phase

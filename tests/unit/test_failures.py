@@ -22,7 +22,6 @@ from probe.failures import Failed, classify_exception
 from probe.mock.certs import TestCA
 from probe.mock.tls import server_context
 
-
 # The errno values a connect, send or receive can end in (connect(2), send(2), recv(2),
 # socket(2), udp(7), ip(7) on Linux), listed here from the manual pages, not from the table:
 # each must become a fact, never `unknown`.

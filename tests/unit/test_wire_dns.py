@@ -14,7 +14,6 @@ from probe.mock.dns import build_reply
 from probe.wire.dns import (
     is_bogon,
     is_public_name,
-    make_query,
     parse_reply,
     shares_address,
     system_nameservers,
