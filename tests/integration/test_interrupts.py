@@ -4,19 +4,17 @@ overwritten without --force and never left half-written."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from listeners import Listener
 
 from probe.mock.certs import TestCA
 from probe.mock.hostile import Background, HostileServer
@@ -31,42 +29,14 @@ UNCLEAN = ("Traceback", "Task was destroyed", "unclosed", "ResourceWarning", "Ex
            "never retrieved", "was never awaited")
 
 
-class HoldingListener:
-    """A loopback listener that accepts every connection and never says a word (a TLS
-    handshake to it waits out its timeout), counting what it accepted: a readiness signal."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(timeout=5)
-        for conn in self.held:
-            conn.close()
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, HoldingListener]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Listener]]:
     """A catalog of FAST quick https targets then SLOW tls ones that a listener holds silent
     (whose count of connections tells when the quick targets are done)."""
     folder = tmp_path_factory.mktemp("interrupts")
     ca = TestCA()
     ca_file = str(ca.write_ca(folder / "ca.pem"))
-    holding = HoldingListener()
+    holding = Listener(hold=True)
     with Background(HostileServer("echo_address", ca=ca, name=NAME)) as (quick,):
         targets = [{"url": f"https://{NAME}:{quick.port}/", "address": "127.0.0.1",
                     "name": f"quick{i}"} for i in range(FAST)]
@@ -106,19 +76,19 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str],
         time.sleep(0.05)
 
 
-def quick_done(holding: HoldingListener) -> Callable[[], bool]:
+def quick_done(holding: Listener) -> Callable[[], bool]:
     """True once this run's quick targets are judged. A worker takes its next target only after
     judging the last, and a slow one outlasts the test, so once CONCURRENCY slow targets have
     connected (besides the one control handshake to their address) every quick one is done."""
-    before = len(holding.held)
-    return lambda: len(holding.held) - before >= CONCURRENCY + 1
+    before = holding.accepted
+    return lambda: holding.accepted - before >= CONCURRENCY + 1
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
 def test_signal_keeps_finished_targets_and_exits_cleanly(
-    world: tuple[Path, HoldingListener], tmp_path: Path, suffix: str, signum: int, code: int
+    world: tuple[Path, Listener], tmp_path: Path, suffix: str, signum: int, code: int
 ) -> None:
     catalog, holding = world
     output = tmp_path / f"out{suffix}"
@@ -163,7 +133,7 @@ def test_signal_keeps_finished_targets_and_exits_cleanly(
 
 
 def test_kill_9_leaves_jsonl_valid_up_to_its_last_full_line(
-    world: tuple[Path, HoldingListener], tmp_path: Path
+    world: tuple[Path, Listener], tmp_path: Path
 ) -> None:
     catalog, _ = world
     output = tmp_path / "out.jsonl"
@@ -188,7 +158,7 @@ def test_kill_9_leaves_jsonl_valid_up_to_its_last_full_line(
     assert read_run(output).interrupted
 
 
-def test_existing_output_needs_force(world: tuple[Path, HoldingListener],
+def test_existing_output_needs_force(world: tuple[Path, Listener],
                                      tmp_path: Path) -> None:
     catalog, _ = world
     output = tmp_path / "kept.json"

@@ -14,47 +14,21 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from listeners import Listener
 
 from probe import history
 
 TARGETS = 120
 
 
-class AcceptingListener:
-    """A loopback listener that accepts and closes, in a thread: the watcher's target."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
-def listener() -> Iterator[AcceptingListener]:
-    server = AcceptingListener()
+def listener() -> Iterator[Listener]:
+    server = Listener()
     yield server
     server.close()
 
@@ -123,7 +97,7 @@ def check_whole(db: Path) -> int:
         connection.close()
 
 
-def test_kill_9_never_leaves_half_a_run(listener: AcceptingListener, tmp_path: Path) -> None:
+def test_kill_9_never_leaves_half_a_run(listener: Listener, tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
     path.write_text(many_targets(listener.port))
     db = tmp_path / "history.sqlite"
@@ -166,7 +140,7 @@ platforms:
 
 
 def test_sigint_mid_run_keeps_the_run_marked_interrupted(
-        listener: AcceptingListener, tmp_path: Path) -> None:
+        listener: Listener, tmp_path: Path) -> None:
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)
@@ -202,7 +176,7 @@ def test_sigint_mid_run_keeps_the_run_marked_interrupted(
     assert measured == [("chat", "ok")]
 
 
-def test_sigint_while_sleeping_stops_at_once(listener: AcceptingListener, tmp_path: Path) -> None:
+def test_sigint_while_sleeping_stops_at_once(listener: Listener, tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
     path.write_text(slow_catalog(listener.port, listener.port).replace(
         "tls://", "tcp://"))
@@ -226,7 +200,7 @@ def test_sigint_while_sleeping_stops_at_once(listener: AcceptingListener, tmp_pa
 def test_repeat_then_history_shows_the_flip(tmp_path: Path) -> None:
     """ok while the listener lives, blocked tcp.reset after it is closed: in the timeline
     and in the CSV, through the real command line."""
-    server = AcceptingListener()
+    server = Listener()
     path = tmp_path / "probes.yaml"
     path.write_text(f"""
 version: 1
