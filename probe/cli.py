@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import click
 import typer
 
 from probe import __version__
@@ -68,6 +67,12 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing o
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Click's usage errors: click's own under older typer, a copy inside newer typer (which no longer
+# depends on click). The base of typer.BadParameter is the class wherever it lives.
+_CLICK_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def command(name: str | None = None) -> Callable[[F], F]:
     """app.command, with ProbeErrors as one line and their exit code, and bugs as one line and
     EXIT_INTERNAL."""
@@ -79,8 +84,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
             except ProbeError as exc:
                 say_error(exc)
                 raise typer.Exit(exc.exit_code) from None
-            except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort,
-                    KeyboardInterrupt, SystemExit):
+            except (typer.Exit, typer.Abort, _CLICK_ERROR, KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:
                 if os.environ.get("PROBE_DEBUG"):
