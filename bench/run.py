@@ -523,7 +523,7 @@ def bench_first_result() -> str:
             out = Path(folder) / f"r{i}.jsonl"
             t0 = time.perf_counter()
             process = subprocess.Popen([*_probe_command(), "run", "-c", str(path), "-o", str(out),
-                                        "-f", "json"], stdout=subprocess.DEVNULL)
+                                        "-f", "jsonl"], stdout=subprocess.DEVNULL)
             while not (out.exists() and out.stat().st_size > 0) and process.poll() is None:
                 time.sleep(0.002)
             times.append(time.perf_counter() - t0)
