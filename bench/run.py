@@ -228,6 +228,9 @@ def bench_stun_train(loops: list[str]) -> str:
 
 
 CALL_FLOWS = 20  # call-like flows at once: a shipped catalog's calls targets all run together
+# Issue 16 asks for the figure, not a bound: this is the stun checks' goal (>= 0.8x the raw
+# client's rate, i.e. at most 1.25x its CPU) applied to the flow's CPU.
+CALL_CPU_GOAL = 1.25
 
 
 def bench_call_flow(loops: list[str]) -> str:
@@ -269,8 +272,8 @@ def bench_call_flow(loops: list[str]) -> str:
                 f"flow | raw {cpu['raw']:.3f} ms | probe/raw {ratio:.2f}x"
                 + (f"  (unanswered: probe {lost['probe']}, raw {lost['raw']})"
                    if any(lost.values()) else ""))
-            goal(f"call flow CPU/s of flow ({loop_name})", f"{ratio:.2f}x raw's", "<= 1.25x",
-                 ratio <= 1.25)
+            goal(f"call flow CPU/s of flow ({loop_name})", f"{ratio:.2f}x raw's",
+                 f"<= {CALL_CPU_GOAL}x", ratio <= CALL_CPU_GOAL)
     return "\n".join(lines)
 
 
