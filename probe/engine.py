@@ -5,9 +5,10 @@ Scheduling only: which layer measures a target comes from a mapping of declared 
 business. A fixed pool of `concurrency` workers pulls jobs from one iterator, so N silent
 targets cost about ceil(N / concurrency) timeouts and memory stays flat however long the
 catalog is. Every sample runs under the layer's deadline (`Layer.budget`), so no layer can hold
-a worker past it. When every control's first sample has failed and none worked (no network),
-failing samples are not repeated and no diagnosis is taken: the verdicts would not change;
-nor are a target's samples once the caller's `settled` says they settle its verdict. Each
+a worker past it. A target's failed sample waits to know whether the network is down
+(NetworkWatch: the controls' first samples all failed, and then none of their repeats worked)
+before it is repeated; with no network it is not, and no diagnosis is taken: the verdicts would
+not change. Nor are a target's samples once the caller's `settled` says they settle its verdict. Each
 sample's server-supplied text is scrubbed of the user's address before it is kept
 (probe/scrub.py). Cancelling the task that awaits `run()` stops every worker; the
 observations finished so far have already been handed to `on_done`.
@@ -76,14 +77,19 @@ async def measure(job: Job, ctx: Context, layers: Mapping[str, Layer] | None = N
         observation.samples.append(sample.scrubbed(clean) if clean is not None else sample)
         if job.is_control:
             ctx.network.control_sample(first=attempt == 0, ok=sample.ok)
-        if not sample.ok and ctx.network.down:
-            break  # no network: another failure would change no verdict, only cost a timeout
         # A layer whose `attempts` are requests of one exchange (stun) runs it once, unless
         # the name did not resolve: one lost lookup is one failed sample, not a silent target.
         if layer.one_exchange(job) and not _failed_at_dns(sample):
             break
         if settled is not None and settled(job, observation):
             break  # e.g. a transfer far below its floor: two more windows would change nothing
+        if (not sample.ok and not job.is_control and attempt + 1 < job.attempts
+                and await ctx.network.dead()):
+            break  # no network: another failure would change no verdict, only cost a timeout
+        if not sample.ok and job.is_control and attempt >= 1 and ctx.network.down:
+            break  # one repeat shows an outage at the start ended; more would only cost time
+    if job.is_control:
+        ctx.network.control_ended()
     steps: list[Facts] = []
     if not any(s.ok for s in observation.samples) and not ctx.network.down:
         if layer.diagnose is not None:

@@ -51,19 +51,27 @@ def _mask_ipv6(match: re.Match[str]) -> str:
     return MASK if _is_ipv6(match.group(0)) else match.group(0)
 
 
+_NUMBER = re.compile(r"(?<![\w.:])\d+(?![\w:])")  # a number standing alone, as ports are
+
+
 class Scrubber:
     """Masks addresses, and the run's own ports and addresses, in server-supplied text."""
 
     def __init__(self) -> None:
-        self._known: set[str] = set()
+        self._numbers: set[str] = set()  # ports: a look-up per number in the text
+        self._other: set[str] = set()  # anything else we were told is ours: one pattern
         self._pattern: re.Pattern[str] | None = None
 
     def know(self, *values: str | int | None) -> None:
         """Remember ports (numbers) and addresses this run used or was told are ours."""
         for value in values:
             text = str(value).strip("[]") if value is not None else ""
-            if len(text) >= 2 and text not in self._known:  # 1-digit "ports" would mask all
-                self._known.add(text)
+            if len(text) < 2:  # 1-digit "ports" would mask all
+                continue
+            if text.isdigit():
+                self._numbers.add(text)  # every socket brings a port: no pattern to rebuild
+            elif text not in self._other:
+                self._other.add(text)
                 self._pattern = None
 
     def know_socket(self, sockname: Iterable[object]) -> None:
@@ -71,17 +79,22 @@ class Scrubber:
         parts = list(sockname)[:2]
         self.know(*(p if isinstance(p, str | int) else None for p in parts))
 
+    def _port(self, match: re.Match[str]) -> str:
+        return PORT_MASK if match.group(0) in self._numbers else match.group(0)
+
     def __call__(self, text: str | None, limit: int = MAX_TEXT) -> str | None:
         if text is None:
             return None
         text = "".join(c for c in text if c.isprintable())
         text = _IPV4.sub(MASK, _IPV6.sub(_mask_ipv6, text))
-        if self._known:
+        if self._other:
             if self._pattern is None:
-                alternatives = "|".join(re.escape(k) for k in sorted(self._known, key=len,
-                                                                        reverse=True))
+                alternatives = "|".join(re.escape(k) for k in sorted(self._other, key=len,
+                                                                    reverse=True))
                 self._pattern = re.compile(rf"(?<![\w.:])(?:{alternatives})(?![\w:])")
             text = self._pattern.sub(PORT_MASK, text)
+        if self._numbers:
+            text = _NUMBER.sub(self._port, text)
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

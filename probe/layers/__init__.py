@@ -11,6 +11,7 @@ scheme is used (`LazyLayers`), so start-up stays fast.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -73,23 +74,53 @@ class LazyLayers(Mapping[str, Layer]):
 
 @dataclass
 class NetworkWatch:
-    """Whether the network already looks down: every control's first sample failed and none
-    has worked. Then no sample that fails is worth repeating (every failing verdict will be
-    `inconclusive network.down`), so a run with no network ends in about one timeout."""
+    """Whether the network looks down: every control's first sample failed and none has
+    worked. A target's failed sample is then not repeated (every failing verdict will be
+    `inconclusive network.down`) once the controls have ended without one working: a control's
+    repeat is what tells a dead network from an outage at the start of the run (when one works,
+    the targets go on), and while the network looks down each control repeats once, so no
+    network costs two timeouts. A target's failed sample waits for the controls' first samples
+    before it is repeated, and, when those all failed, for the controls to end."""
 
     controls: int = 0  # controls in the run
     first_failed: int = 0  # of them, how many failed their first sample
+    first_in: int = 0  # of them, how many have their first sample
+    ended: int = 0  # of them, how many took all their samples
     worked: bool = False  # any control sample worked
+    _first: asyncio.Event = field(default_factory=asyncio.Event)
+    _end: asyncio.Event = field(default_factory=asyncio.Event)
 
     def control_sample(self, first: bool, ok: bool) -> None:
         if ok:
             self.worked = True
-        elif first:
-            self.first_failed += 1
+        if first:
+            self.first_in += 1
+            self.first_failed += not ok
+        self._update()
+
+    def control_ended(self) -> None:
+        self.ended += 1
+        self._update()
+
+    def _update(self) -> None:
+        if self.worked or self.first_in >= self.controls:
+            self._first.set()
+        if self.worked or self.ended >= self.controls:
+            self._end.set()
 
     @property
     def down(self) -> bool:
         return bool(self.controls) and not self.worked and self.first_failed >= self.controls
+
+    async def dead(self) -> bool:
+        """Whether the network is down, for a target whose sample failed: known once the
+        controls' first samples are in, and, if they all failed, once the controls ended."""
+        if not self.controls:
+            return False
+        await self._first.wait()
+        if self.down:
+            await self._end.wait()
+        return self.down
 
 
 # A name nobody blocks: IANA's reserved example domain (RFC 2606), for the SNI controls of the

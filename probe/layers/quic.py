@@ -137,9 +137,10 @@ class _ControlTask:
 
 async def take_control(job: Job, ctx: Context, address: str, port: int) -> None:
     """Take the control handshake to address:port now, once per run, before the sample's
-    Initial: a residual block this target's name triggers must not spoil it."""
+    Initial: a residual block this target's name triggers must not spoil it. Not for a control
+    of the network: it asks whether QUIC works at all, not which name is filtered."""
     sni = ctx.control_sni
-    if sni == (job.target.sni or job.endpoint.host):
+    if job.is_control or sni == (job.target.sni or job.endpoint.host):
         return
     key = _control_key(address, port, sni)
     control = ctx.cache.get(key)

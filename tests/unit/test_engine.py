@@ -218,6 +218,78 @@ def test_with_no_network_failing_samples_are_not_repeated(make_catalog: Callable
     layer = Layer(measure=measure, budget=lambda j: 1.0, diagnose=diagnose)
     ctx = Context(settings=loaded.settings, network=NetworkWatch(controls=2))
     done = run_engine([*control_jobs, working, failing], layer, concurrency=1, ctx=ctx)
-    # one at a time: the first control took its three samples before the second one failed
-    assert [len(o.samples) for o in done] == [3, 1, 3, 1]
+    # one at a time: the first control took its three samples before the second one failed;
+    # that one repeats once (an outage at the start would have ended by then), not twice
+    assert [len(o.samples) for o in done] == [3, 2, 3, 1]
     assert diagnosed == ["tcp://192.0.2.1:1"] and ctx.network.down  # before it was down
+
+
+@pytest.mark.parametrize(("control_works", "target_samples"), [(False, 1), (True, 3)])
+def test_a_failed_sample_waits_for_the_controls_before_it_is_repeated(
+        make_catalog: Callable[..., Any], control_works: bool, target_samples: int) -> None:
+    """A target failing while the control's first sample is still out waits for it: a dead
+    network is known before the repeats (then none is taken), a live one lets them go on."""
+    from probe.layers import NetworkWatch
+
+    loaded = make_catalog("tcp://192.0.2.1:1", attempts=3)
+    control = dataclasses.replace(next(loaded.jobs()), platform=None, feature=None)
+    target = next(make_catalog("tcp://192.0.2.4:4", attempts=3).jobs())
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def measure(job: Job, ctx: Context) -> Sample:
+        if job.is_control:
+            await gate.wait()  # a control slower than the target's first sample
+            ok = control_works
+        else:
+            order.append("target sample")
+            if len(order) == 1:
+                asyncio.get_running_loop().call_later(0.01, gate.set)
+            ok = False
+        return Sample(phases={"tcp": TcpFacts(ok=ok, failure=None if ok else "timeout")})
+
+    ctx = Context(settings=loaded.settings, network=NetworkWatch(controls=1))
+    done: dict[str, Observation] = {}
+
+    async def main() -> None:
+        await engine.run([control, target], ctx, concurrency=2,
+                         on_done=lambda job, o: done.update({job.target.url: o}),
+                         layers={"tcp": Layer(measure=measure, budget=lambda j: 5.0)})
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert len(done[target.target.url].samples) == target_samples
+    assert ctx.network.down is not control_works
+
+
+def test_an_outage_at_the_start_lets_the_targets_go_on_once_a_control_works(
+        make_catalog: Callable[..., Any]) -> None:
+    """Every control's first sample fails, a repeat works (the network came back): the
+    target's failed sample waited for that and is repeated, not dropped as network.down."""
+    from probe.layers import NetworkWatch
+
+    loaded = make_catalog("tcp://192.0.2.1:1", attempts=3)
+    control = dataclasses.replace(next(loaded.jobs()), platform=None, feature=None)
+    target = next(make_catalog("tcp://192.0.2.4:4", attempts=3).jobs())
+    back = asyncio.Event()  # the outage ends
+    samples: dict[str, list[bool]] = {"control": [], "target": []}
+
+    async def measure(job: Job, ctx: Context) -> Sample:
+        kind = "control" if job.is_control else "target"
+        if kind == "control":
+            await asyncio.sleep(0.01)  # each control sample ends after the target's first
+        ok = back.is_set()
+        if kind == "control":
+            back.set()  # the outage ends after the control's first sample
+        samples[kind].append(ok)
+        return Sample(phases={"tcp": TcpFacts(ok=ok, failure=None if ok else "timeout")})
+
+    ctx = Context(settings=loaded.settings, network=NetworkWatch(controls=1))
+
+    async def main() -> None:
+        await engine.run([control, target], ctx, concurrency=2, on_done=lambda j, o: None,
+                         layers={"tcp": Layer(measure=measure, budget=lambda j: 5.0)})
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert samples["control"][0] is False and True in samples["control"]
+    assert samples["target"][0] is False and samples["target"][-1] is True
+    assert not ctx.network.down
