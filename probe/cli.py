@@ -67,6 +67,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing o
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+SAME_TEXT = ("json", "csv")  # formats whose stdout is the -o file's text, baseline or not
+
 # Click's usage errors: click's own under older typer, a copy inside newer typer (which no longer
 # depends on click). The base of typer.BadParameter is the class wherever it lives.
 _CLICK_ERROR: type[Exception] = next(
@@ -263,7 +265,9 @@ def run(
     outcome = session.run_once(
         loaded, only=only_ids, baseline=base, baseline_path=str(baseline) if baseline else None,
         output=plan, include_ip=include_ip)
-    sys.stdout.write(render_for_terminal(outcome.run, fmt, base, details=details))
+    text = outcome.written if plan is not None and plan.fmt == fmt in SAME_TEXT else None
+    sys.stdout.write(text if text is not None
+                     else render_for_terminal(outcome.run, fmt, base, details=details))
     sys.stdout.flush()
     if db is not None:
         record(db, outcome.run)

@@ -136,6 +136,7 @@ class Outcome:
     run: Run
     signum: int | None = None
     output_error: str | None = None
+    written: str | None = None  # the output file's text, when it was rendered whole
 
 
 @contextlib.contextmanager
@@ -184,29 +185,31 @@ def run_once(
         signum = loop.run(_run_with_signals(runner, progress))
         with signals_noted(noted):
             result = runner.finish()
-            error = _write(output, stream, runner, result)
+            error, written = _write(output, stream, runner, result)
     finally:
         if stream is not None:
             stream.close()
-    return Outcome(result, signum or (noted[0] if noted else None), error)
+    return Outcome(result, signum or (noted[0] if noted else None), error, written)
 
 
 def _write(output: Output | None, stream: JsonlWriter | None, runner: Runner,
-           result: Run) -> str | None:
-    """The rest of the output file; why it could not be written, or None."""
+           result: Run) -> tuple[str | None, str | None]:
+    """The rest of the output file: (why it could not be written or None, its whole text when
+    rendered at once, so stdout in the same format need not render it again)."""
     if output is None:
-        return None
+        return None, None
     if stream is not None:
         for target in runner.not_streamed(result):
             stream.write(jsonl_target(target))
         for line in jsonl_tail(result):
             stream.write(line)
-        return stream.error
+        return stream.error, None
+    text = render(result, output.fmt)
     try:
-        write_atomic(output.path, render(result, output.fmt))
+        write_atomic(output.path, text)
     except OSError as exc:
-        return f"{output.path}: {exc.strerror or exc}"
-    return None
+        return f"{output.path}: {exc.strerror or exc}", text
+    return None, text
 
 
 async def _run_with_signals(runner: Runner, progress: Progress | None) -> int | None:
