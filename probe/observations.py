@@ -234,6 +234,20 @@ class ReflectFacts(ExchangeFacts):
     direction: str | None = None  # a cut-off's: "up" (ours stopped arriving) or "down"
 
 
+class TransferFacts(Facts):
+    """Over a TLS connection to a `probe reflect` server: TOTAL bytes down, then up, in small
+    then large records, and what the reflector counted; a freeze shows in one direction."""
+
+    KEY: ClassVar[str] = "transfer"
+
+    chunks: list[int] | None = None  # record sizes, in the order used
+    total: int | None = None  # bytes asked each way, per record size
+    down: int | None = None  # bytes received of the downloads
+    up: int | None = None  # of our uploads, the bytes the reflector counted
+    direction: str | None = None  # a stall's: "down" or "up"
+    refused: bool | None = None  # the reflector's own limits said no: not the network's doing
+
+
 class TurnFacts(ExchangeFacts):
     """An unauthenticated TURN Allocate: a 401 with REALM and NONCE is a TURN server."""
 
@@ -324,7 +338,7 @@ def _registry(*models: type[Facts]) -> dict[str, type[Facts]]:
 
 
 FACTS = _registry(DnsFacts, TcpFacts, TlsFacts, HttpFacts, QuicFacts, StunFacts, TurnFacts,
-                  ReflectFacts, DeadlineFacts, NotBuiltFacts)
+                  ReflectFacts, TransferFacts, DeadlineFacts, NotBuiltFacts)
 STEPS = _registry(SniControl, QuicControl, VersionPing, OtherAddresses, PresentedCertificate,
                   DnsFallback, DeadlineFacts)
 

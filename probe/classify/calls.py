@@ -34,6 +34,7 @@ from probe.observations import (
     ReflectFacts,
     StunFacts,
     TlsFacts,
+    TransferFacts,
     TurnFacts,
     VersionPing,
 )
@@ -188,11 +189,18 @@ class Reflected:
         if t.status == "ok" or there is None:
             return t
         where = f"measured against the reflector at {self.address}"
+        moved = _transfer(there)
         if there.reason == "tls.sni_filtered":
             words = (f"{where}: a handshake naming {name} is cut there too, while the harmless "
                      f"name passes: the name is filtered wherever it goes")
+        elif there.reason == "http.stall" and moved is not None:
+            words = (f"{where}: a transfer naming {name} froze there too ({moved.error}): the "
+                     f"freeze follows the name wherever it goes")
         elif there.status == "ok":
-            words = (f"{where}: a handshake naming {name} passes there: the name alone is not "
+            what = "a handshake" if moved is None else (
+                f"a handshake and {(moved.total or 0) * len(moved.chunks or ()) // 1024} KiB "
+                f"each way")
+            words = (f"{where}: {what} naming {name} passes there: the name alone is not "
                      f"blocked; the block is tied to the platform's addresses")
         else:
             return t
@@ -241,6 +249,11 @@ class Reflected:
         if reason == "udp.stun_filtered" and t.reason == "udp.timeout":
             update["reason"] = reason
         return t.model_copy(update=update)
+
+
+def _transfer(t: TargetResult) -> TransferFacts | None:
+    return next((f for smp in t.observation.samples if (f := smp.get(TransferFacts)) is not None),
+                None)
 
 
 def _sni(t: TargetResult) -> str | None:

@@ -46,6 +46,8 @@ REASONS: dict[tuple[str, str], str] = {
     ("http", F.CONNECTION_RESET): "http.reset",
     ("http", F.EOF_): "http.reset",
     ("http", F.STALL): "http.stall",
+    ("transfer", F.STALL): "http.stall",  # a TLS transfer to a reflector, frozen
+    ("transfer", "*"): "http.reset",
     ("http", F.HTTP_STATUS): "http.status",
     ("http", "*"): "http.reset",
     ("quic", F.TIMEOUT): "quic.timeout",

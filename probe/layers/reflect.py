@@ -20,12 +20,22 @@ import time
 from pathlib import Path
 
 from probe.catalog import Job
-from probe.failures import CUTOFF, UNTRUSTED_CERTIFICATE, classify_udp_error
+from probe.failures import (
+    CONNECTION_RESET,
+    CUTOFF,
+    PROTOCOL_ERROR,
+    STALL,
+    UNTRUSTED_CERTIFICATE,
+    Failed,
+    classify_exception,
+    classify_udp_error,
+)
 from probe.layers import Context, Layer, tls
 from probe.layers.callflow import run_flow
 from probe.layers.dns import resolve
 from probe.layers.stun import FRESH, SLACK_S, flow_facts
-from probe.observations import Facts, Observation, ReflectFacts, Sample, TlsFacts
+from probe.observations import Facts, Observation, ReflectFacts, Sample, TlsFacts, TransferFacts
+from probe.wire import echo
 from probe.wire.echo import PUBLIC_KEY, EchoFlow, EchoReply, Shape
 from probe.wire.flow import CallPlan
 
@@ -121,24 +131,107 @@ async def measure_tls(job: Job, ctx: Context) -> Sample:
     """A TLS handshake with the reflector naming a platform (`sni:`), after the harmless-name
     control to the same address and port (the tls layer's): a name cut here is filtered
     wherever it goes; a name that passes here is not what blocks the platform. The reflector's
-    self-signed certificate is taken when its key is the one the catalog pins."""
+    self-signed certificate is taken when its key is the one the catalog pins. Then TRANSFER
+    bytes down and up in small and large records: a freeze after N bytes keyed on the name
+    shows here too, with its direction."""
     sample = Sample()
     wire = await tls.open_tls(job, ctx, sample, verify=False)
     if wire is None:
         return sample
-    wire.abort()
-    pinned = ctx.settings.reflector.fingerprint if ctx.settings.reflector else None
-    facts = sample.get(TlsFacts)
-    if pinned and facts is not None and facts.spki_sha256 != pinned:
-        sample.add(facts.model_copy(update={
-            "ok": False, "failure": UNTRUSTED_CERTIFICATE,
-            "error": f"the certificate's key ({facts.spki_sha256}) is not the reflector's "
-                     f"pinned one: something else answers for it (interception?)"}))
+    try:
+        pinned = ctx.settings.reflector.fingerprint if ctx.settings.reflector else None
+        facts = sample.get(TlsFacts)
+        if pinned and facts is not None and facts.spki_sha256 != pinned:
+            sample.add(facts.model_copy(update={
+                "ok": False, "failure": UNTRUSTED_CERTIFICATE,
+                "error": f"the certificate's key ({facts.spki_sha256}) is not the reflector's "
+                         f"pinned one: something else answers for it (interception?)"}))
+            return sample
+        sample.add(await transfer(wire, key_of(ctx), job.timeout))
+    finally:
+        wire.abort()
     return sample
 
 
+TRANSFER = 64 * 1024  # each way, per record size: past the ~16 KB freezes of 2025 (CENSORSHIP.md)
+RECORDS = (1024, 16 * 1024)  # small records (a packet-count freeze), then large (a byte count)
+
+
+async def transfer(wire: tls.Wire, key: bytes, timeout: float) -> TransferFacts:
+    """TRANSFER bytes down, then up, in each of RECORDS, on one connection: the HELLO with
+    the team's tag, DOWNLOADs, then DATA frames and a REPORT of what the reflector counted.
+    Silence for `timeout` ends it: a stall, after so many bytes, in one direction."""
+    start = time.perf_counter()
+    reader = echo.FrameReader()
+    frames: list[echo.Frame] = []
+    wire.idle = timeout  # a read with no byte for `timeout` raises TimeoutError
+    down = up = 0
+    sent = 0  # frame bytes we sent, to compare with the reflector's count
+
+    async def send(data: bytes) -> None:
+        nonlocal sent
+        sent += len(data)
+        await wire.write(data)
+
+    async def next_frame() -> echo.Frame:
+        while not frames:
+            data = await wire.read()
+            if not data:
+                raise Failed(CONNECTION_RESET, "the reflector closed the connection")
+            frames.extend(reader.feed(data))
+        return frames.pop(0)
+
+    def facts(failure: str | None = None, error: str | None = None,
+              direction: str | None = None, refused: bool | None = None) -> TransferFacts:
+        return TransferFacts(ok=failure is None, ms=round((time.perf_counter() - start) * 1000, 3),
+                             failure=failure, error=error, chunks=list(RECORDS), total=TRANSFER,
+                             down=down, up=up, direction=direction, refused=refused)
+
+    direction = "down"  # where a silence would be
+    try:
+        await send(echo.hello(echo.new_session(), key))
+        if (await next_frame()).type != echo.FrameType.HELLO_OK:
+            raise Failed(PROTOCOL_ERROR, "the reflector did not accept our HELLO")
+        for size in RECORDS:
+            await send(echo.download_request(TRANSFER, size))
+            while (frame := await next_frame()).type == echo.FrameType.DOWNLOAD_DATA:
+                down += len(frame.payload)
+            if frame.type != echo.FrameType.DOWNLOAD_DONE:
+                raise Failed(PROTOCOL_ERROR, f"a {frame.type.name} frame amid a download")
+            status, _ = echo.parse_download_done(frame.payload)
+            if status == echo.DownloadStatus.REFUSED:
+                return facts(error="the reflector's limits refused the download (not the "
+                                   "network's doing)", refused=True)
+        direction = "up"
+        for size in RECORDS:
+            for offset in range(0, TRANSFER, size):
+                await send(echo.encode_frame(echo.FrameType.DATA,
+                                             bytes(min(size, TRANSFER - offset))))
+        await send(echo.report_request())
+        frame = await next_frame()
+        if frame.type != echo.FrameType.REPORT_REPLY:
+            raise Failed(PROTOCOL_ERROR, f"a {frame.type.name} frame for our REPORT")
+        counted = echo.parse_counters(frame.payload).received_bytes
+        if counted < sent:  # TCP delivers in order: short only if the reflector lost count
+            raise Failed(PROTOCOL_ERROR, f"the reflector counted {counted} of our {sent} bytes")
+        up = 2 * TRANSFER
+    except TimeoutError:
+        moved = f"{down} of {2 * TRANSFER} bytes down" if direction == "down" else \
+            f"{2 * TRANSFER} bytes down; our {2 * TRANSFER} bytes up never acknowledged"
+        return facts(STALL, f"the transfer froze {direction}: {moved}, then nothing for "
+                            f"{timeout:g} s", direction)
+    except (OSError, Failed, echo.EchoCodecError) as exc:
+        failure, message = classify_exception(exc)
+        return facts(failure or PROTOCOL_ERROR, message, direction)
+    return facts()
+
+
 def budget_of(job: Job) -> float:
-    return tls.budget(job) if job.endpoint.query.get("transport") == "tls" else budget(job)
+    """A flow's budget; a TLS target's: the tls layer's, and the transfer (two downloads, a
+    report, each silent for at most a timeout, with 2 x TRANSFER to move each way)."""
+    if job.endpoint.query.get("transport") == "tls":
+        return tls.budget(job) + job.timeout * 4
+    return budget(job)
 
 
 async def diagnose(job: Job, ctx: Context, observation: Observation) -> list[Facts]:

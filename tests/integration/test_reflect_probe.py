@@ -11,7 +11,8 @@ from typing import Any
 from probe import catalog
 from probe.layers.reflect import _main_flow_received
 from probe.mock.tls import TLSServer
-from probe.observations import ReflectFacts, TlsFacts
+from probe.observations import ReflectFacts, TlsFacts, TransferFacts
+from probe.reflect.limits import Limits
 from probe.reflect.server import Reflector, load_certificate
 from probe.results import Run, read_run
 from probe.runner import Runner
@@ -126,10 +127,13 @@ def test_the_platforms_name_sent_to_the_reflector(tmp_path: Path, test_ca: Any,
     assert (handshake.status, handshake.reason) == ("ok", "ok"), handshake.detail
     tls = handshake.observation.samples[0].get(TlsFacts)
     assert tls is not None and tls.sni == "blocked.test"
+    moved = handshake.observation.samples[0].get(TransferFacts)
+    assert moved is not None and moved.ok and moved.chunks == [1024, 16384]
+    assert moved.down == moved.up == 2 * 64 * 1024
     [target] = run.targets
     assert target.status == "blocked"
     # only the platform's server resets the name: the name passes on another address
-    assert "a handshake naming blocked.test passes there" in target.detail
+    assert "a handshake and 128 KiB each way naming blocked.test passes there" in target.detail
 
 
 def test_a_reflector_whose_key_is_not_the_pinned_one(tmp_path: Path, test_ca: Any,
@@ -140,3 +144,27 @@ def test_a_reflector_whose_key_is_not_the_pinned_one(tmp_path: Path, test_ca: An
     assert "not the reflector's pinned one" in handshake.detail
     [target] = run.targets  # an unknown answer on the reflector explains nothing
     assert "passes there" not in target.detail
+
+
+def test_a_download_the_reflector_refuses_is_its_limit_not_the_network(tmp_path: Path) -> None:
+    async def main() -> Run:
+        certificate = load_certificate(None, None)
+        tight = Limits(connection_download=1024)  # less than one download: refused at once
+        reflector = Reflector(["127.0.0.1"], [0, 0], [0], certificate=certificate, limits=tight)
+        async with reflector:
+            call, control = reflector.udp_bound
+            document = {"version": 1, "settings": {
+                "timeout": "1s", "attempts": 1,
+                "reflector": {"address": "127.0.0.1", "udp_ports": [call],
+                              "control_port": control, "duration": "0.3s", "shapes": ["random"],
+                              "tls_port": reflector.tcp_bound[0]}},
+                "platforms": {"p": {"features": {"web": [
+                    {"url": "tls://chat.example:9", "address": "127.0.0.1"}]}}}}
+            runner = Runner(loaded=catalog.loads(json.dumps(document)))
+            await asyncio.wait_for(runner.run(), 30)
+            return runner.finish()
+
+    [handshake] = [t for t in asyncio.run(main()).reflector if "transport=tls" in t.url]
+    moved = handshake.observation.samples[0].get(TransferFacts)
+    assert moved is not None and moved.refused and moved.ok, handshake.detail
+    assert handshake.status == "ok"

@@ -114,3 +114,15 @@ def test_a_block_on_the_platforms_addresses_lets_the_name_pass_elsewhere(lab: La
     assert chat["status"] == "blocked", chat
     _has(chat, MEASURED, f"a handshake naming {NAME} passes there",
          "the block is tied to the platform's addresses")
+
+
+def test_a_transfer_frozen_after_16_kb_is_measured_with_its_direction(lab: Lab) -> None:
+    # as the 2025 freezes do to a matched connection: ~16 KB down, then nothing (here every
+    # connection to the reflector's TLS port: the probe must measure the count and direction)
+    freeze = f"tcp sport {TLS_PORT} ip saddr {REFLECTOR} ct reply bytes > 16000 drop"
+    run = lab.run(nft=[freeze])
+    [handshake] = [f for f in run.result["reflector"] if f["name"] == f"reflector tls {NAME}"]
+    assert (handshake["status"], handshake["reason"]) == ("blocked", "http.stall"), handshake
+    moved = handshake["observation"]["samples"][0]["phases"]["transfer"]
+    assert moved["direction"] == "down" and 8_000 < moved["down"] < 20_000, moved
+    assert "the transfer froze down" in handshake["detail"]

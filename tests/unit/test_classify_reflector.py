@@ -136,3 +136,23 @@ def test_the_name_passing_at_the_reflector_points_at_the_addresses() -> None:
 def test_an_unknown_answer_at_the_reflector_explains_nothing() -> None:
     there = obs(sample(tcp=ph(ok=False, failure="timeout", address=REFLECTOR, port=443)))
     assert "reflector" not in name_diagnosed(there).detail
+
+
+def test_a_transfer_frozen_at_the_reflector_too_follows_the_name() -> None:
+    frozen = ph(ok=False, failure="stall", direction="down", down=16000, total=65536,
+                chunks=[1024, 16384], error="the transfer froze down: 16000 of 131072 bytes "
+                                            "down, then nothing for 5 s")
+    there = obs(sample(tcp=ph(address=REFLECTOR, port=443),
+                       tls=ph(sni="chat.example", version="TLSv1.3"), transfer=frozen))
+    result = name_diagnosed(there)
+    assert "a transfer naming chat.example froze there too (the transfer froze down: 16000" \
+        in result.detail
+    assert "the freeze follows the name wherever it goes" in result.detail
+
+
+def test_a_transfer_passing_at_the_reflector_says_how_much_moved() -> None:
+    moved = ph(down=131072, up=131072, total=65536, chunks=[1024, 16384])
+    there = obs(sample(tcp=ph(address=REFLECTOR, port=443),
+                       tls=ph(sni="chat.example", version="TLSv1.3"), transfer=moved))
+    assert "a handshake and 128 KiB each way naming chat.example passes there" in \
+        name_diagnosed(there).detail
