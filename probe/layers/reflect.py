@@ -1,5 +1,6 @@
 """The reflect layer: `reflect://HOST[:PORT]?shape=S`, a call-like flow to a `probe reflect`
-server (probe/reflect/) in one datagram shape, and what the reflector counted of it.
+server (probe/reflect/) in one datagram shape, and what the reflector counted of it; with
+`?transport=tls`, a TLS connection naming a platform and a transfer each way over it.
 
 Against third-party servers a probe can only infer; against a reflector of the research team's
 it measures: the same server and port answer STUN-shaped, RTP-shaped and random datagrams alike,
