@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+import socket
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -53,6 +54,16 @@ def loopback_catalog(
     document = {"version": 1, "settings": settings,
                 "platforms": {platform: {"features": {feature: list(targets)}}}}
     return catalog.loads(json.dumps(document))  # JSON is YAML
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback port nobody accepts on: a connection the probe makes waits in its queue,
+    where the test sees it (`accept`), and a TLS handshake to it waits out its timeout."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
 
 
 @pytest.fixture

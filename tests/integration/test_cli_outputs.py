@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +49,6 @@ def one_line(stderr: str) -> str:
     assert stderr.count("\n") == 1 and stderr.endswith("\n"), stderr
     return stderr.strip()
 
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    sock.setblocking(False)
-    yield sock
-    sock.close()
 
 
 def nothing_connected(sock: socket.socket) -> bool:
