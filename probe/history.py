@@ -107,9 +107,6 @@ def default_db_path() -> Path:
     return root / "probe" / "history.sqlite"
 
 
-# --- what a target measured: probe.metrics, shared with the classifier and reports --------
-
-
 # --- opening -------------------------------------------------------------------------------
 
 
@@ -124,12 +121,11 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     if not create:
         return _open_read_only(path)
     try:
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except (OSError, sqlite3.Error) as exc:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise HistoryError(f"{path}: cannot open history: {exc}") from None
-    try:
+    db = _sqlite(path, path)
+    with _closed_on_failure(db, path):
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _check_store(db, path, empty=True)  # before anything is written: another's file?
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -138,13 +134,29 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")  # a committed run survives a power cut too
         db.execute("PRAGMA foreign_keys = ON")
         _migrate(db, path)
+    return db
+
+
+def _sqlite(target: str | Path, path: Path, *, uri: bool = False) -> sqlite3.Connection:
+    """sqlite3.connect, its failure one HistoryError line naming `path`."""
+    try:
+        return sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               uri=uri)
+    except (OSError, sqlite3.Error) as exc:
+        raise HistoryError(f"{path}: cannot open history: {exc}") from None
+
+
+@contextmanager
+def _closed_on_failure(db: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """While a store is being checked: on failure it is closed, SQLite's error one line."""
+    try:
+        yield
     except sqlite3.DatabaseError as exc:
         db.close()
         raise HistoryError(f"{path}: not a usable history database: {exc}") from None
     except HistoryError:
         db.close()
         raise
-    return db
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
@@ -159,24 +171,14 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         raise HistoryError(f"{path}: a directory, not a history file")
     if size == 0:  # SQLite would take it as an empty database
         raise HistoryError(f"{path}: the file is empty: {_NO_HISTORY}")
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                             timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except (OSError, sqlite3.Error) as exc:
-        raise HistoryError(f"{path}: cannot open history: {exc}") from None
-    try:
+    db = _sqlite(f"{path.resolve().as_uri()}?mode=ro", path, uri=True)
+    with _closed_on_failure(db, path):
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # a writer may hold the lock
         _check_store(db, path, empty=False)
         version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         if not isinstance(version, int):
             raise HistoryError(f"{path}: not a probe history: it has no schema version")
         _check_version(version, path)
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise HistoryError(f"{path}: not a usable history database: {exc}") from None
-    except HistoryError:
-        db.close()
-        raise
     return db
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from probe.classify.verdict import join
 from probe.observations import (
@@ -183,9 +184,8 @@ class Reflected:
         """A platform's TLS target that failed, in the light of the same name sent to the
         reflector: cut there too, the name is filtered wherever it goes; passing there, what
         blocks the platform is its addresses, not the name."""
-        name = (t.phases.get("tls") or {}).get("sni") or t.url.partition("://")[2].split(
-            "/")[0].rsplit(":", 1)[0]
-        there = self.names.get(str(name))
+        name = _sni(t) or urlsplit(t.url).hostname or ""
+        there = self.names.get(name)
         if t.status == "ok" or there is None:
             return t
         where = f"measured against the reflector at {self.address}"
@@ -257,6 +257,8 @@ def _transfer(t: TargetResult) -> TransferFacts | None:
 
 
 def _sni(t: TargetResult) -> str | None:
+    """The name a TLS target sent (a reflector handshake's, from its name when it failed
+    before the handshake)."""
     for sample in t.observation.samples:
         tls = sample.get(TlsFacts)
         if tls is not None and tls.sni:
